@@ -1,0 +1,103 @@
+"""The base checkpoint and a probe of how it answers before any post-training."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from pipeline.base_model import PretrainSettings, TinyModelSpec
+from pipeline.markdown import markdown_table
+from pipeline.resources import ArtifactStoreResource, artifact_output
+
+MODEL_NAME_FILE = "model_name.txt"
+PROBE_FILE = "generation_probe.jsonl"
+PROBE_REPORT = "base_probe.md"
+
+
+class BaseModelConfig(dg.Config, TinyModelSpec, PretrainSettings):
+    model_name_or_path: str | None = Field(
+        None, description="an HF causal LM (local directory or hub id); default: build and pretrain a tiny Llama here"
+    )
+    revision: str | None = Field(None, description="pin a hub revision (branch, tag or commit)")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (only if you trust it)")
+    allow_pickle: bool = Field(False, description="allow loading .bin (pickle) weights instead of safetensors only")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
+
+
+class BaseProbeConfig(dg.Config):
+    max_new_tokens: int = Field(48, gt=0)
+
+
+@dg.asset(group_name="models", code_version="1", pool="gpu", kinds={"pytorch"})
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artifacts: ArtifactStoreResource) -> dg.Output:
+    """The base checkpoint (HF `save_pretrained` directory with its tokenizer)."""
+    from pipeline.base_model import build_default_base_model, load_pretrained
+    from pipeline.device import select_device
+
+    metadata: dict = {}
+    if config.model_name_or_path:
+        model, tokenizer = load_pretrained(
+            config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
+        )
+        name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
+    else:
+        device = select_device(config.device).device
+
+        def on_progress(step: int, loss: float) -> None:
+            if step % 50 == 0 or step == config.pretrain_steps - 1:
+                context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
+
+        model, tokenizer, losses = build_default_base_model(
+            TinyModelSpec(**config.model_dump(include=set(TinyModelSpec.model_fields))),
+            PretrainSettings(**config.model_dump(include=set(PretrainSettings.model_fields))),
+            device,
+            on_progress,
+        )
+        name = "tiny-llama (built locally)"
+        if losses:
+            metadata["pretrain_loss_first"] = losses[0]
+            metadata["pretrain_loss_last"] = losses[-1]
+    with artifacts.store().stage("base_model") as staged:
+        model.save_pretrained(staged.path)
+        tokenizer.save_pretrained(staged.path)
+        (staged.path / MODEL_NAME_FILE).write_text(name + "\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    return artifact_output(staged.path, {
+        "model_name": name,
+        "n_parameters": n_params,
+        "vocab_size": len(tokenizer),
+        **metadata,
+    })
+
+
+@dg.asset(group_name="evaluation", code_version="1", pool="gpu", kinds={"pytorch"})
+def base_probe(
+    context: dg.AssetExecutionContext, config: BaseProbeConfig, base_model: Path, artifacts: ArtifactStoreResource
+) -> dg.Output:
+    """The base model's answers to a fixed probe prompt set (held-out phrasings)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.data_generator import PROBE_PROMPTS
+    from pipeline.generation import generate
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    generations = generate(model, tokenizer, PROBE_PROMPTS, max_new_tokens=config.max_new_tokens)
+    rows = [
+        {"prompt": g.prompt, "response": g.response, "ended_with_eos": g.ended_with_eos, "n_tokens": g.n_tokens}
+        for g in generations
+    ]
+    table = markdown_table(rows, ["prompt", "response", "ended_with_eos"], max_chars=200)
+    report = f"# Base model probe\n\nModel: `{base_model}`\n\n{table}\n"
+    with artifacts.store().stage("base_probe") as staged:
+        with open(staged.path / PROBE_FILE, "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (staged.path / PROBE_REPORT).write_text(report)
+    return artifact_output(staged.path, {
+        "n_prompts": len(rows),
+        "ends_with_eos_rate": sum(r["ended_with_eos"] for r in rows) / len(rows),
+        "probe": dg.MetadataValue.md(report),
+    })

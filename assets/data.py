@@ -1,0 +1,135 @@
+"""Data assets: SFT pairs, preference pairs, PPO prompts and held-out evaluation prompts.
+
+Each comes from the seeded generator by default, or from a user file (`source`: JSONL or Parquet).
+"""
+
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from pipeline import data_generator
+from pipeline.data_io import load_user_records, read_jsonl, write_jsonl
+from pipeline.markdown import markdown_table
+from pipeline.resources import ArtifactStoreResource, artifact_output
+
+DATA_FILE = "data.jsonl"
+STATS_FILE = "stats.json"
+
+
+class DataSourceConfig(dg.Config):
+    source: str | None = Field(
+        None, description="a local JSONL or Parquet file to use instead of the generator"
+    )
+    n_records: int = Field(400, gt=0, description="how many records the generator makes")
+    seed: int = Field(0, description="generator seed")
+    explanation_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of explanation prompts; the rest are verifiable tasks"
+    )
+
+
+class SftDataConfig(DataSourceConfig):
+    n_records: int = Field(400, gt=0)
+
+
+class PreferenceDataConfig(DataSourceConfig):
+    n_records: int = Field(400, gt=0)
+
+
+class PpoPromptsConfig(DataSourceConfig):
+    n_records: int = Field(128, gt=0)
+
+
+class EvalPromptsConfig(DataSourceConfig):
+    n_records: int = Field(48, gt=0)
+
+
+def load_data(path: Path) -> list[dict[str, Any]]:
+    """The records of a data asset's artifact directory."""
+    return read_jsonl(Path(path) / DATA_FILE)
+
+
+def _length_stats(records: list[dict[str, Any]], field: str) -> dict[str, float]:
+    lengths = sorted(len(r[field]) for r in records)
+    return {f"{field}_chars_mean": sum(lengths) / len(lengths), f"{field}_chars_max": lengths[-1]}
+
+
+def _stats(records: list[dict[str, Any]], text_fields: tuple[str, ...]) -> dict[str, Any]:
+    stats: dict[str, Any] = {"n_records": len(records)}
+    for field in text_fields:
+        stats.update(_length_stats(records, field))
+    kinds = Counter(r.get("kind") or "user" for r in records)
+    stats["kinds"] = dict(sorted(kinds.items()))
+    if "chosen" in text_fields:
+        modes = Counter(r.get("failure_mode") or "unknown" for r in records)
+        stats["failure_modes"] = dict(sorted(modes.items()))
+        stats["fraction_chosen_longer"] = sum(len(r["chosen"]) > len(r["rejected"]) for r in records) / len(records)
+    return stats
+
+
+def _materialize_data(
+    context: dg.AssetExecutionContext,
+    artifacts: ArtifactStoreResource,
+    records: list[dict[str, Any]],
+    text_fields: tuple[str, ...],
+    source: str | None,
+) -> dg.Output:
+    asset_name = context.asset_key.to_user_string()
+    stats = _stats(records, text_fields)
+    stats["source"] = source or "generator"
+    with artifacts.store().stage(asset_name) as staged:
+        write_jsonl(records, staged.path / DATA_FILE)
+        (staged.path / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    context.log.info(f"{asset_name}: {len(records)} records from {stats['source']} -> {staged.path}")
+    return artifact_output(staged.path, {
+        "n_records": len(records),
+        "source": stats["source"],
+        "stats": dg.MetadataValue.json(stats),
+        "preview": dg.MetadataValue.md(markdown_table(records[:5], columns=text_fields, max_chars=100)),
+    })
+
+
+@dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
+def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
+    """Instruction/answer pairs (prompt, completion) for supervised fine-tuning."""
+    if config.source:
+        records = load_user_records(config.source, "sft")
+    else:
+        records = data_generator.sft_records(config.n_records, config.seed, config.explanation_fraction)
+    return _materialize_data(context, artifacts, records, ("prompt", "completion"), config.source)
+
+
+@dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
+def preference_data(
+    context: dg.AssetExecutionContext, config: PreferenceDataConfig, artifacts: ArtifactStoreResource
+) -> dg.Output:
+    """(prompt, chosen, rejected) pairs for the reward model; rejected answers fail in varied ways."""
+    if config.source:
+        records = load_user_records(config.source, "preference")
+    else:
+        records = data_generator.preference_records(config.n_records, config.seed, config.explanation_fraction)
+    return _materialize_data(context, artifacts, records, ("prompt", "chosen", "rejected"), config.source)
+
+
+@dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
+def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
+    """Prompts the policy answers during PPO rollouts."""
+    if config.source:
+        records = load_user_records(config.source, "prompts")
+    else:
+        records = data_generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction)
+    return _materialize_data(context, artifacts, records, ("prompt",), config.source)
+
+
+@dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
+def eval_prompts(context: dg.AssetExecutionContext, config: EvalPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
+    """Held-out evaluation prompts, disjoint from every training set."""
+    if config.source:
+        records = load_user_records(config.source, "prompts")
+    else:
+        records = data_generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction)
+    return _materialize_data(context, artifacts, records, ("prompt",), config.source)

@@ -1,0 +1,51 @@
+"""The reward model: TRL `RewardTrainer` (Bradley-Terry) with a scalar head, from the SFT checkpoint."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from assets.data import load_data
+from pipeline.markdown import markdown_table
+from pipeline.resources import ArtifactStoreResource, artifact_output
+from pipeline.reward_model import RewardSettings
+
+RM_EVAL_FILE = "rm_eval.json"
+
+
+class RewardModelConfig(dg.Config, RewardSettings):
+    pass
+
+
+@dg.asset(group_name="models", code_version="1", pool="gpu", kinds={"pytorch"})
+def reward_model(
+    context: dg.AssetExecutionContext,
+    config: RewardModelConfig,
+    sft_checkpoint: Path,
+    preference_data: Path,
+    artifacts: ArtifactStoreResource,
+) -> dg.Output:
+    """Scalar-head reward model with `rm_eval.json`: held-out accuracy, margin, calibration, dropped pairs."""
+    from pipeline.reward_model import train_reward_model
+
+    pairs = load_data(preference_data)
+    context.log.info(f"reward model on {len(pairs)} pairs from {preference_data}")
+    with artifacts.store().stage("reward_model") as staged:
+        metrics = train_reward_model(sft_checkpoint, pairs, staged.path, config)
+        (staged.path / RM_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    if metrics["n_dropped_too_long"]:
+        context.log.warning(
+            f"{metrics['n_dropped_too_long']} of {metrics['n_train']} training pairs exceed "
+            f"max_length={config.max_length} tokens and were dropped by the trainer"
+        )
+    return artifact_output(staged.path, {
+        "held_out_accuracy": metrics["held_out_accuracy"],
+        "mean_margin": metrics["mean_margin"],
+        "reward_length_correlation": metrics["reward_length_correlation"],
+        "n_dropped_too_long": metrics["n_dropped_too_long"],
+        "n_train": metrics["n_train"],
+        "n_held_out": metrics["n_held_out"],
+        "calibration": dg.MetadataValue.md(markdown_table(metrics["calibration"])),
+        "accuracy_by_failure_mode": dg.MetadataValue.json(metrics["accuracy_by_failure_mode"]),
+    })

@@ -1,0 +1,209 @@
+"""The base checkpoint: a named HF causal LM, or by default a tiny Llama-style model built here.
+
+The default path trains a byte-level BPE tokenizer on generator text (distinct pad, bos and eos
+tokens and a chat template), builds a small Llama and pretrains it briefly on plain prose, so that
+it continues text but does not yet follow instructions: that is what SFT is for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+USER, ASSISTANT = "<|user|>", "<|assistant|>"
+ROLE_MARKERS = (USER, ASSISTANT)
+
+# The prompt a model sees is the user turn followed by the assistant header; the assistant's
+# answer ends with the eos token. Rendering the prompt alone gives a prefix of prompt+answer.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}<|user|>\n{{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+class TinyModelSpec(BaseModel):
+    """Shape of the default locally built Llama-style model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vocab_size: int = Field(2048, gt=300)
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(384, gt=0)
+    max_position_embeddings: int = Field(512, gt=0)
+
+
+class PretrainSettings(BaseModel):
+    """Brief plain-text pretraining of the default model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pretrain_steps: int = Field(200, ge=0)
+    pretrain_batch_size: int = Field(16, gt=0)
+    pretrain_sequence_length: int = Field(128, gt=0)
+    pretrain_learning_rate: float = Field(3e-3, gt=0)
+    pretrain_documents: int = Field(2000, gt=0)
+    seed: int = 0
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE tokenizer with distinct special tokens and the project's chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS, UNK, USER, ASSISTANT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+        additional_special_tokens=[USER, ASSISTANT],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_llama(tokenizer, spec: TinyModelSpec, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        attention_dropout=0.0,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def pretrain(
+    model,
+    tokenizer,
+    documents: Sequence[str],
+    settings: PretrainSettings,
+    device: torch.device,
+    on_progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Plain next-token training on packed chunks of prose; returns the loss curve."""
+    stream: list[int] = []
+    for document in documents:
+        stream.extend([tokenizer.bos_token_id, *tokenizer.encode(document, add_special_tokens=False), tokenizer.eos_token_id])
+    chunk = settings.pretrain_sequence_length
+    n_chunks = len(stream) // chunk
+    if n_chunks < settings.pretrain_batch_size:
+        raise ValueError(f"pretraining text gives {n_chunks} chunks of {chunk} tokens; need at least {settings.pretrain_batch_size}")
+    data = torch.tensor(stream[: n_chunks * chunk]).view(n_chunks, chunk)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_learning_rate, weight_decay=0.01)
+    warmup = max(1, settings.pretrain_steps // 10)
+
+    def lr_lambda(step: int) -> float:  # linear warmup, cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, settings.pretrain_steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    generator = torch.Generator().manual_seed(settings.seed)
+    losses = []
+    for step in range(settings.pretrain_steps):
+        batch = data[torch.randint(0, n_chunks, (settings.pretrain_batch_size,), generator=generator)].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_progress is not None:
+            on_progress(step, losses[-1])
+    model.eval()
+    return losses
+
+
+def build_default_base_model(
+    spec: TinyModelSpec, settings: PretrainSettings, device: torch.device,
+    on_progress: Callable[[int, float], None] | None = None,
+):
+    """Tokenizer + tiny Llama pretrained on generator prose. Returns (model, tokenizer, losses)."""
+    from pipeline.data_generator import pretraining_text
+
+    random.seed(settings.seed)
+    documents = pretraining_text(settings.pretrain_documents, settings.seed)
+    tokenizer = train_tokenizer(documents, spec.vocab_size)
+    model = build_tiny_llama(tokenizer, spec, settings.seed)
+    losses = pretrain(model, tokenizer, documents, settings, device, on_progress)
+    return model.cpu(), tokenizer, losses
+
+
+def load_pretrained(
+    name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+):
+    """A named HF causal LM (local directory or hub id). Adds a pad token when the tokenizer has none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle,
+    )
+    ensure_distinct_pad_token(tokenizer, model)
+    tokenizer.padding_side = "left"
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.add_special_tokens({"additional_special_tokens": [USER, ASSISTANT]})
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def ensure_distinct_pad_token(tokenizer, model) -> None:
+    """PPO and reward reading need a pad token that is not eos; add one if missing."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text a chat model sees before it answers `prompt`."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )

@@ -1,0 +1,195 @@
+"""Deterministic, seeded generator of the embedded default data.
+
+It produces explanation prompts about RL and ML concepts (from `pipeline.glossary`) with good
+answers, verifiable tasks with a rule-based checker (`pipeline.verifiable_tasks`), preference
+pairs whose rejected answers show distinct failures, PPO prompts, held-out evaluation prompts and
+plain pretraining text.
+
+Held-out evaluation prompts are disjoint from every training set by construction, whatever the
+seeds: evaluation uses its own phrasings (explanation templates and task phrasings that training
+never uses). Every record is a plain dict so it can be written as JSONL or Parquet.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pipeline.glossary import GLOSSARY, OFF_TOPIC_ANSWERS, PADDING_CLOSERS, PADDING_OPENERS, Concept
+from pipeline.verifiable_tasks import (
+    EVAL_PHRASINGS,
+    TASK_TYPES,
+    TRAIN_PHRASINGS,
+    make_task,
+    wrong_answer,
+)
+
+TRAIN_TEMPLATES = (
+    "Explain what {c} is, and give an intuitive example.",
+    "What is {c}? Give an example.",
+    "Describe {c} in simple terms.",
+    "Why does {c} matter? Explain with an example.",
+    "Give a short explanation of {c}.",
+    "How would you explain {c} to a new student?",
+    "What should an engineer know about {c}?",
+    "Define {c} and say why it is useful.",
+)
+EVAL_TEMPLATES = (
+    "Tell me about {c}, with an example.",
+    "Can you help me understand {c}?",
+)
+FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic")
+
+# Fixed prompts for `base_probe`: evaluation phrasings only, so they never occur in training.
+PROBE_PROMPTS = (
+    "Tell me about PPO's clip ratio, with an example.",
+    "Can you help me understand the KL penalty in RLHF?",
+    "Tell me about a reward model, with an example.",
+    "Can you help me understand overfitting?",
+    "Add 17 and 25 together.",
+    "Arrange from smallest to largest: 9, 3, 41, 12.",
+    "In 'strawberry', how often does 'r' occur?",
+    "List these words backwards, last word first: river garden rocket.",
+)
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def good_explanation(concept: Concept) -> str:
+    return f"{_capitalise(concept.name)} is {concept.definition}. {concept.why}. For example, {concept.example}."
+
+
+def _other_concept(concept: Concept, rng: random.Random) -> Concept:
+    while True:
+        other = rng.choice(GLOSSARY)
+        if other != concept:
+            return other
+
+
+def rejected_explanation(concept: Concept, mode: str, rng: random.Random) -> str:
+    """A fluent but worse answer to an explanation prompt, failing in the given way."""
+    name = _capitalise(concept.name)
+    if mode == "vague":
+        return f"{name} is an idea and it is widely used. It is important and people use it a lot."
+    if mode == "wrong":
+        other = _other_concept(concept, rng)
+        return f"{name} is {other.definition}. {other.why}."
+    if mode == "padded":
+        return f"{rng.choice(PADDING_OPENERS)} {name} is {concept.definition}. {rng.choice(PADDING_CLOSERS)}"
+    if mode == "repetitive":
+        sentence = f"{name} is {concept.definition}."
+        return " ".join([sentence] * rng.randint(2, 3))
+    if mode == "off_topic":
+        return rng.choice(OFF_TOPIC_ANSWERS)
+    raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+
+
+def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) -> str:
+    answer, task = record["answer"], record["task"]
+    if mode == "vague":
+        return "This is a simple task and the answer is easy to find if you think about it."
+    if mode == "wrong":
+        return wrong_answer(task["type"], answer, task["expected"], rng)
+    if mode == "padded":
+        return f"{rng.choice(PADDING_OPENERS)} {answer} {rng.choice(PADDING_CLOSERS)}"
+    if mode == "repetitive":
+        first_sentence = answer.split(". ")[0].rstrip(".") + "."
+        return " ".join([first_sentence] * 3)
+    if mode == "off_topic":
+        return rng.choice(OFF_TOPIC_ANSWERS)
+    raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+
+
+def _explanation_pool(templates: tuple[str, ...]) -> list[tuple[Concept, str]]:
+    return [(concept, template) for concept in GLOSSARY for template in templates]
+
+
+def _records(n: int, seed: int, salt: str, explanation_fraction: float, train: bool) -> list[dict[str, Any]]:
+    """n unique prompts with good answers: explanation prompts and verifiable tasks mixed."""
+    rng = random.Random(f"{salt}:{seed}")
+    templates = TRAIN_TEMPLATES if train else EVAL_TEMPLATES
+    phrasings = TRAIN_PHRASINGS if train else EVAL_PHRASINGS
+    pool = _explanation_pool(templates)
+    rng.shuffle(pool)
+    n_explain = min(round(n * explanation_fraction), len(pool))
+    records: list[dict[str, Any]] = []
+    for concept, template in pool[:n_explain]:
+        records.append({
+            "prompt": template.format(c=concept.name),
+            "answer": good_explanation(concept),
+            "kind": "explanation",
+            "task": None,
+            "concept": concept.name,
+        })
+    seen = {r["prompt"] for r in records} | set(PROBE_PROMPTS)
+    attempts = 0
+    while len(records) < n:
+        attempts += 1
+        if attempts > 100 * n:
+            raise ValueError(f"cannot draw {n} unique prompts from the generator; ask for fewer")
+        task = make_task(rng.choice(TASK_TYPES), rng, rng.choice(phrasings))
+        if task["prompt"] in seen:
+            continue
+        seen.add(task["prompt"])
+        records.append({**task, "kind": "verifiable", "concept": None})
+    rng.shuffle(records)
+    return records
+
+
+def sft_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """Instruction/answer pairs: {"prompt", "completion", "kind", "task", "concept"}."""
+    return [
+        {"prompt": r["prompt"], "completion": r["answer"], "kind": r["kind"], "task": r["task"], "concept": r["concept"]}
+        for r in _records(n, seed, "sft", explanation_fraction, train=True)
+    ]
+
+
+def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """(prompt, chosen, rejected) pairs; failure modes cycle so each appears about equally often."""
+    rng = random.Random(f"preference-failures:{seed}")
+    pairs = []
+    for i, r in enumerate(_records(n, seed, "preference", explanation_fraction, train=True)):
+        mode = FAILURE_MODES[i % len(FAILURE_MODES)]
+        if r["kind"] == "explanation":
+            concept = next(c for c in GLOSSARY if c.name == r["concept"])
+            rejected = rejected_explanation(concept, mode, rng)
+        else:
+            rejected = rejected_task_answer(r, mode, rng)
+        pairs.append({
+            "prompt": r["prompt"], "chosen": r["answer"], "rejected": rejected,
+            "failure_mode": mode, "kind": r["kind"],
+        })
+    return pairs
+
+
+def prompt_records(n: int, seed: int, split: str, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """Prompts for `ppo_prompts` (split="ppo") or held-out `eval_prompts` (split="eval").
+
+    Each keeps its reference answer and, for verifiable tasks, the task for the rule checker.
+    """
+    if split not in ("ppo", "eval"):
+        raise ValueError(f"split must be 'ppo' or 'eval', got {split!r}")
+    records = _records(n, seed, split, explanation_fraction, train=split == "ppo")
+    return [
+        {"prompt": r["prompt"], "reference": r["answer"], "kind": r["kind"], "task": r["task"], "concept": r["concept"]}
+        for r in records
+    ]
+
+
+def pretraining_text(n_documents: int, seed: int) -> list[str]:
+    """Plain prose (no chat format): the base model learns to continue text, not to follow instructions."""
+    rng = random.Random(f"pretrain:{seed}")
+    documents = []
+    for _ in range(n_documents):
+        concepts = rng.sample(GLOSSARY, 3)
+        sentences = []
+        for concept in concepts:
+            sentences.append(good_explanation(concept))
+        task = make_task(rng.choice(TASK_TYPES), rng, 0)
+        sentences.append(task["answer"])
+        sentences.append(rng.choice(OFF_TOPIC_ANSWERS))
+        rng.shuffle(sentences)
+        documents.append(" ".join(sentences))
+    return documents

@@ -1,0 +1,30 @@
+"""The Dagster code location: every asset, its checks, the resources and the `rlhf_pipeline` job.
+
+    dagster job execute -m pipeline.definitions -j rlhf_pipeline [-c run_config.yaml]
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from assets import base, data, reward, sft
+from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+
+all_assets = dg.load_assets_from_modules([base, data, sft, reward])
+
+rlhf_pipeline = dg.define_asset_job(
+    "rlhf_pipeline",
+    selection=dg.AssetSelection.all(),
+    description="base model -> SFT -> reward model -> PPO -> evaluation report, with quality gates",
+)
+
+defs = dg.Definitions(
+    assets=all_assets,
+    jobs=[rlhf_pipeline],
+    resources={
+        "artifacts": ArtifactStoreResource(root=os.environ.get("RLHF_ARTIFACTS_ROOT", "artifacts")),
+        "io_manager": ArtifactIOManager(),
+    },
+)

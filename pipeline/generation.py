@@ -1,0 +1,76 @@
+"""Batched generation with left padding, shared by the probe, SFT evaluation and the evaluation report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.base_model import ROLE_MARKERS, render_prompt
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    response: str
+    n_tokens: int
+    ended_with_eos: bool
+    echoed_role_marker: bool
+
+    @property
+    def well_formatted(self) -> bool:
+        """Ends with EOS and does not echo a chat role marker."""
+        return self.ended_with_eos and not self.echoed_role_marker
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress_desc: str | None = None,
+) -> list[Generation]:
+    """Answer each (raw, un-templated) prompt; temperature 0 means greedy decoding."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    model.eval()
+    torch.manual_seed(seed)
+    results: list[Generation] = []
+    batches = range(0, len(prompts), batch_size)
+    if progress_desc:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress_desc, unit="batch")
+    for start in batches:
+        batch_prompts = list(prompts[start : start + batch_size])
+        texts = [render_prompt(tokenizer, p) for p in batch_prompts]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+        output = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+        responses = output[:, encoded["input_ids"].shape[1] :]
+        for prompt, tokens in zip(batch_prompts, responses.tolist()):
+            results.append(_to_generation(tokenizer, prompt, tokens))
+    return results
+
+
+def _to_generation(tokenizer, prompt: str, tokens: list[int]) -> Generation:
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ended_with_eos = eos_id in tokens
+    if ended_with_eos:
+        tokens = tokens[: tokens.index(eos_id)]
+    tokens = [t for t in tokens if t != pad_id]
+    raw = tokenizer.decode(tokens, skip_special_tokens=False)
+    echoed = any(marker in raw for marker in ROLE_MARKERS)
+    response = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return Generation(prompt, response, len(tokens) + int(ended_with_eos), ended_with_eos, echoed)

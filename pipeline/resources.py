@@ -1,0 +1,69 @@
+"""Dagster resources: where artifacts live, and how an asset finds the artifact of the asset it reads.
+
+An asset's value is the path of its artifact directory. The asset writes that directory itself
+(atomically, through `ArtifactStore.stage`) and records the path in its materialization metadata.
+`ArtifactIOManager` stores nothing; to load an input it reads the upstream asset's latest
+materialization from the Dagster instance, so a stage re-run on its own reads exactly the artifact
+that the event log says its input is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipeline.artifacts import ArtifactStore, content_hash, directory_size
+
+ARTIFACT_PATH_KEY = "artifact_path"
+CONTENT_HASH_KEY = "content_hash"
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """The artifacts root (default `artifacts/`, or $RLHF_ARTIFACTS_ROOT)."""
+
+    root: str = "artifacts"
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.root)
+
+
+class ArtifactIOManager(dg.ConfigurableIOManager):
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if not isinstance(obj, (str, Path)) or not Path(obj).exists():
+            raise TypeError(f"asset {context.asset_key.to_user_string()} must return the path of its artifact, got {obj!r}")
+
+    def load_input(self, context: dg.InputContext) -> Path:
+        asset_key = context.asset_key
+        event = context.instance.get_latest_materialization_event(asset_key)
+        if event is None or event.asset_materialization is None:
+            raise dg.Failure(
+                f"asset {asset_key.to_user_string()} has never been materialized in this Dagster instance; "
+                "materialize it (or the whole job) first"
+            )
+        metadata = event.asset_materialization.metadata
+        if ARTIFACT_PATH_KEY not in metadata:
+            raise dg.Failure(f"latest materialization of {asset_key.to_user_string()} records no {ARTIFACT_PATH_KEY}")
+        path = Path(str(metadata[ARTIFACT_PATH_KEY].value))
+        if not path.exists():
+            raise dg.Failure(
+                f"artifact of {asset_key.to_user_string()} is missing at {path} (run {event.run_id}); "
+                "restore it (dvc pull) or re-materialize the asset"
+            )
+        return path
+
+
+def artifact_output(path: Path, metadata: dict[str, Any]) -> dg.Output:
+    """The asset's return value: the artifact path, with its hash as the data version."""
+    digest = content_hash(path)
+    return dg.Output(
+        value=path,
+        data_version=dg.DataVersion(digest),
+        metadata={
+            ARTIFACT_PATH_KEY: dg.MetadataValue.path(str(path)),
+            CONTENT_HASH_KEY: digest,
+            "size_bytes": directory_size(path),
+            **metadata,
+        },
+    )

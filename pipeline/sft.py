@@ -1,0 +1,137 @@
+"""Supervised fine-tuning with TRL's `SFTTrainer` on prompt/completion pairs, loss on answer tokens only."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.base_model import render_prompt
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.device import select_device
+from pipeline.generation import generate
+
+logger = logging.getLogger(__name__)
+
+
+class SftSettings(BaseModel):
+    """SFT hyperparameters; the `sft_checkpoint` asset's config extends this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate (cosine schedule)")
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(256, gt=0, description="prompt + answer tokens; longer examples are truncated")
+    held_out_fraction: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    n_format_samples: int = Field(32, gt=0, description="held-out prompts answered to measure format adherence")
+    max_new_tokens: int = Field(96, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
+
+
+def split_held_out(records: Sequence[dict[str, Any]], fraction: float, seed: int):
+    """Deterministic train / held-out split; the held-out part has at least one record."""
+    indices = list(range(len(records)))
+    random.Random(f"split:{seed}").shuffle(indices)
+    n_held_out = max(1, round(len(records) * fraction)) if fraction > 0 else 0
+    held_out = [records[i] for i in sorted(indices[:n_held_out])]
+    train = [records[i] for i in sorted(indices[n_held_out:])]
+    if not train:
+        raise ValueError(f"{len(records)} records leave nothing to train on with held_out_fraction={fraction}")
+    return train, held_out
+
+
+def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]]):
+    """A `datasets.Dataset` of rendered chat prompts and raw answers (TRL appends EOS to each answer)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "prompt": [render_prompt(tokenizer, r["prompt"]) for r in records],
+        "completion": [r["completion"] for r in records],
+    })
+
+
+def sft_config(settings: SftSettings, output_dir: str, has_eval: bool):
+    from trl import SFTConfig
+
+    choice = select_device(settings.device)
+    return SFTConfig(
+        output_dir=output_dir,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        packing=False,
+        warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=5,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        seed=settings.seed,
+        use_cpu=choice.device.type == "cpu",
+        bf16=choice.use_bf16,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        do_eval=has_eval,
+    )
+
+
+def train_sft(base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Path, settings: SftSettings) -> dict[str, Any]:
+    """Fine-tune the base checkpoint; save model and tokenizer to `output_dir`; return the metrics."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    train, held_out = split_held_out(records, settings.held_out_fraction, settings.seed)
+    with tempfile.TemporaryDirectory(prefix="sft-trainer-") as scratch:
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(settings, scratch, has_eval=bool(held_out)),
+            train_dataset=to_prompt_completion(tokenizer, train),
+            eval_dataset=to_prompt_completion(tokenizer, held_out) if held_out else None,
+            processing_class=tokenizer,
+        )
+        held_out_loss_before = trainer.evaluate()["eval_loss"] if held_out else None
+        result = trainer.train()
+        held_out_loss = trainer.evaluate()["eval_loss"] if held_out else None
+        loss_curve = [
+            {"step": log["step"], "loss": log["loss"]} for log in trainer.state.log_history if "loss" in log
+        ]
+    model = trainer.model
+    model.eval()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+
+    samples = generate(
+        model, tokenizer, [r["prompt"] for r in (held_out or train)[: settings.n_format_samples]],
+        max_new_tokens=settings.max_new_tokens,
+    )
+    well_formatted = sum(g.well_formatted for g in samples)
+    return {
+        "train_loss": result.training_loss,
+        "held_out_loss_before": held_out_loss_before,
+        "held_out_loss": held_out_loss,
+        "n_train": len(train),
+        "n_held_out": len(held_out),
+        "format_adherence": well_formatted / len(samples),
+        "ends_with_eos_rate": sum(g.ended_with_eos for g in samples) / len(samples),
+        "role_marker_echo_rate": sum(g.echoed_role_marker for g in samples) / len(samples),
+        "loss_curve": loss_curve,
+        "samples": [
+            {"prompt": g.prompt, "response": g.response, "ended_with_eos": g.ended_with_eos}
+            for g in samples[:8]
+        ],
+        "settings": settings.model_dump(),
+    }

@@ -1,0 +1,78 @@
+import hashlib
+import json
+
+from pipeline import data_generator as gen
+from pipeline.verifiable_tasks import TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
+
+
+def _digest(records) -> str:
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def test_same_seed_gives_identical_data_and_other_seed_differs():
+    for make in (lambda s: gen.sft_records(100, s), lambda s: gen.preference_records(100, s),
+                 lambda s: gen.prompt_records(40, s, "ppo"), lambda s: gen.prompt_records(40, s, "eval")):
+        assert _digest(make(7)) == _digest(make(7))
+        assert _digest(make(7)) != _digest(make(8))
+
+
+def test_eval_prompts_are_disjoint_from_every_training_set_whatever_the_seeds():
+    eval_prompts = {r["prompt"] for seed in range(3) for r in gen.prompt_records(64, seed, "eval")}
+    training = set()
+    for seed in range(3):
+        training |= {r["prompt"] for r in gen.sft_records(400, seed)}
+        training |= {r["prompt"] for r in gen.preference_records(400, seed)}
+        training |= {r["prompt"] for r in gen.prompt_records(128, seed, "ppo")}
+    assert eval_prompts and training
+    assert not eval_prompts & training
+    assert not set(gen.PROBE_PROMPTS) & training
+
+
+def test_prompts_are_unique_within_each_set():
+    for records in (gen.sft_records(400, 0), gen.preference_records(400, 0), gen.prompt_records(128, 0, "ppo")):
+        prompts = [r["prompt"] for r in records]
+        assert len(prompts) == len(set(prompts))
+
+
+def test_preference_pairs_cover_every_failure_mode_and_length_does_not_give_the_label_away():
+    pairs = gen.preference_records(400, 0)
+    assert {p["failure_mode"] for p in pairs} == set(gen.FAILURE_MODES)
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    chosen_longer = sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs) / len(pairs)
+    assert 0.3 < chosen_longer < 0.7, chosen_longer
+
+
+def test_explanation_prompts_mix_with_verifiable_tasks():
+    records = gen.sft_records(200, 0, explanation_fraction=0.5)
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("explanation") == 100 and kinds.count("verifiable") == 100
+    explanation = next(r for r in records if r["kind"] == "explanation")
+    assert explanation["concept"] in explanation["prompt"]
+    assert "For example" in explanation["completion"]
+
+
+def test_checker_accepts_good_answers_and_rejects_wrong_or_missing_ones():
+    import random
+
+    rng = random.Random(0)
+    for task_type in TASK_TYPES:
+        for _ in range(20):
+            task = make_task(task_type, rng, 0)
+            assert check_answer(task["task"], task["answer"]), task
+            bad = wrong_answer(task_type, task["answer"], task["task"]["expected"], rng)
+            assert not check_answer(task["task"], bad), (task, bad)
+            assert not check_answer(task["task"], "I am not sure.")
+
+
+def test_checker_reads_the_last_stated_answer():
+    task = {"type": "add", "expected": "42"}
+    assert extract_final_answer("The answer is 41. No wait, the answer is 42.") == "42"
+    assert check_answer(task, "The answer is 41. No wait, the answer is 42.")
+    assert not check_answer(task, "The answer is 42. Actually the answer is 41.")
+    assert check_answer({"type": "sort", "expected": "1, 2, 3"}, "Sorted: The answer is 1, 2, 3.")
+
+
+def test_pretraining_text_is_plain_prose_without_chat_markers():
+    documents = gen.pretraining_text(20, 0)
+    assert len(documents) == 20
+    assert not any("<|user|>" in d or "<|assistant|>" in d for d in documents)

@@ -1,0 +1,45 @@
+import json
+
+import torch
+
+from pipeline.base_model import ASSISTANT, TinyModelSpec, build_tiny_llama, render_prompt, train_tokenizer
+from pipeline.data_generator import pretraining_text, sft_records
+from pipeline.sft import SftSettings, sft_config, split_held_out, to_prompt_completion
+
+
+def test_loss_is_on_answer_tokens_only(tmp_path):
+    from trl import SFTTrainer
+
+    tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=512)
+    model = build_tiny_llama(tokenizer, TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+    records = sft_records(8, 0)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(SftSettings(batch_size=8, device="cpu"), str(tmp_path), has_eval=False),
+        train_dataset=to_prompt_completion(tokenizer, records),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
+    seen_answers = set()
+    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()):
+        real = [i for i, m in enumerate(mask) if m]
+        ids_real = [ids[i] for i in real]
+        labels_real = [labels[i] for i in real]
+        prompt_len = len(tokenizer(render_prompt(tokenizer, "x"), add_special_tokens=False)["input_ids"])  # sanity
+        assert prompt_len > 0
+        header_end = ids_real.index(assistant_id) + 2  # "<|assistant|>" then "\n"
+        assert all(label == -100 for label in labels_real[:header_end]), "prompt tokens must not be trained on"
+        assert labels_real[header_end:] == ids_real[header_end:], "every answer token is trained on"
+        assert ids_real[-1] == tokenizer.eos_token_id, "the answer ends with EOS, and EOS is trained on"
+        assert all(labels[i] == -100 for i, m in enumerate(mask) if not m), "padding is never trained on"
+        seen_answers.add(tokenizer.decode(ids_real[header_end:-1]))
+    assert seen_answers == {r["completion"] for r in records}
+
+
+def test_held_out_split_is_deterministic_and_disjoint():
+    records = [{"prompt": str(i), "completion": "x"} for i in range(50)]
+    train, held_out = split_held_out(records, 0.2, seed=3)
+    assert len(held_out) == 10 and len(train) == 40
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
+    assert split_held_out(records, 0.2, seed=3) == (train, held_out)
