@@ -33,7 +33,7 @@ class BaseProbeConfig(dg.Config):
 @dg.asset(group_name="models", code_version="1", pool="gpu", kinds={"pytorch"})
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """The base checkpoint (HF `save_pretrained` directory with its tokenizer)."""
-    from pipeline.base_model import build_default_base_model, load_pretrained
+    from pipeline.base_model import build_default_base_model, load_pretrained, resolved_revision
     from pipeline.device import select_device
 
     metadata: dict = {}
@@ -42,6 +42,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
             config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
         )
         name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
+        if resolved_revision(model):  # the commit a branch or tag pointed to when this ran
+            metadata["resolved_revision"] = resolved_revision(model)
     else:
         device = select_device(config.device).device
 

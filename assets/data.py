@@ -1,6 +1,7 @@
 """Data assets: SFT pairs, preference pairs, PPO prompts and held-out evaluation prompts.
 
-Each comes from the seeded generator by default, or from a user file (`source`: JSONL or Parquet).
+Each comes from the seeded generator by default, or from a user source (`source`: JSONL, Parquet or CSV
+file, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`: see pipeline/data_sources.py.
 """
 
 
@@ -13,7 +14,8 @@ import dagster as dg
 from pydantic import Field
 
 from pipeline import data_generator
-from pipeline.data_io import load_user_records, read_jsonl, write_jsonl
+from pipeline.data_io import read_jsonl, write_jsonl
+from pipeline.data_sources import SourceSettings, load_source
 from pipeline.markdown import markdown_table
 from pipeline.resources import ArtifactStoreResource, artifact_output
 
@@ -21,10 +23,7 @@ DATA_FILE = "data.jsonl"
 STATS_FILE = "stats.json"
 
 
-class DataSourceConfig(dg.Config):
-    source: str | None = Field(
-        None, description="a local JSONL or Parquet file to use instead of the generator"
-    )
+class DataSourceConfig(dg.Config, SourceSettings):
     n_records: int = Field(400, gt=0, description="how many records the generator makes")
     seed: int = Field(0, description="generator seed")
     explanation_fraction: float = Field(
@@ -71,6 +70,16 @@ def _stats(records: list[dict[str, Any]], text_fields: tuple[str, ...]) -> dict[
     return stats
 
 
+def _user_records(context: dg.AssetExecutionContext, config: DataSourceConfig, kind: str) -> tuple[list[dict[str, Any]], str]:
+    """Records from the configured source, and a label saying where they came from and what was skipped."""
+    loaded = load_source(config, kind)
+    label = loaded.description
+    if loaded.skipped:
+        label += f"; {len(loaded.skipped)} of {loaded.n_rows_read} rows skipped as bad"
+        context.log.warning(f"{label}; first: " + " | ".join(loaded.skipped[:5]))
+    return loaded.records, label
+
+
 def _materialize_data(
     context: dg.AssetExecutionContext,
     artifacts: ArtifactStoreResource,
@@ -97,10 +106,10 @@ def _materialize_data(
 def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Instruction/answer pairs (prompt, completion) for supervised fine-tuning."""
     if config.source:
-        records = load_user_records(config.source, "sft")
+        records, source = _user_records(context, config, "sft")
     else:
-        records = data_generator.sft_records(config.n_records, config.seed, config.explanation_fraction)
-    return _materialize_data(context, artifacts, records, ("prompt", "completion"), config.source)
+        records, source = data_generator.sft_records(config.n_records, config.seed, config.explanation_fraction), None
+    return _materialize_data(context, artifacts, records, ("prompt", "completion"), source)
 
 
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
@@ -109,27 +118,27 @@ def preference_data(
 ) -> dg.Output:
     """(prompt, chosen, rejected) pairs for the reward model; rejected answers fail in varied ways."""
     if config.source:
-        records = load_user_records(config.source, "preference")
+        records, source = _user_records(context, config, "preference")
     else:
-        records = data_generator.preference_records(config.n_records, config.seed, config.explanation_fraction)
-    return _materialize_data(context, artifacts, records, ("prompt", "chosen", "rejected"), config.source)
+        records, source = data_generator.preference_records(config.n_records, config.seed, config.explanation_fraction), None
+    return _materialize_data(context, artifacts, records, ("prompt", "chosen", "rejected"), source)
 
 
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Prompts the policy answers during PPO rollouts."""
     if config.source:
-        records = load_user_records(config.source, "prompts")
+        records, source = _user_records(context, config, "prompts")
     else:
-        records = data_generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction)
-    return _materialize_data(context, artifacts, records, ("prompt",), config.source)
+        records, source = data_generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction), None
+    return _materialize_data(context, artifacts, records, ("prompt",), source)
 
 
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def eval_prompts(context: dg.AssetExecutionContext, config: EvalPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Held-out evaluation prompts, disjoint from every training set."""
     if config.source:
-        records = load_user_records(config.source, "prompts")
+        records, source = _user_records(context, config, "prompts")
     else:
-        records = data_generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction)
-    return _materialize_data(context, artifacts, records, ("prompt",), config.source)
+        records, source = data_generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction), None
+    return _materialize_data(context, artifacts, records, ("prompt",), source)

@@ -176,27 +176,49 @@ def build_default_base_model(
 def load_pretrained(
     name_or_path: str, revision: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
 ):
-    """A named HF causal LM (local directory or hub id). Adds a pad token when the tokenizer has none."""
+    """A named HF causal LM (local directory or hub id), made ready for this pipeline.
+
+    Tokenizer and weights load from the same `revision`. A tokenizer without an eos token gets one,
+    one without a chat template gets the project's template (and its role tokens), and one whose pad
+    token is missing or equal to eos gets a distinct pad token; the embedding matrix grows to fit
+    added tokens but never shrinks (many checkpoints pad their vocabulary beyond the tokenizer).
+    Remote code runs only when `trust_remote_code` says so; pickle weights load only with `allow_pickle`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle,
     )
+    if tokenizer.eos_token is None:
+        # Without eos an answer has no end: SFT cannot teach stopping and the reward is read nowhere.
+        tokenizer.add_special_tokens({"eos_token": EOS})
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.add_special_tokens({"extra_special_tokens": [USER, ASSISTANT]}, replace_extra_special_tokens=False)
     ensure_distinct_pad_token(tokenizer, model)
     tokenizer.padding_side = "left"
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
-        tokenizer.add_special_tokens({"additional_special_tokens": [USER, ASSISTANT]})
-        model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
+
+
+def resolved_revision(model) -> str | None:
+    """The hub commit the weights were loaded from (None for a local directory)."""
+    return getattr(model.config, "_commit_hash", None)
+
+
+def grow_embeddings_to_fit(tokenizer, model) -> None:
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
 
 
 def ensure_distinct_pad_token(tokenizer, model) -> None:
     """PPO and reward reading need a pad token that is not eos; add one if missing."""
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD})
-        model.resize_token_embeddings(len(tokenizer))
+    grow_embeddings_to_fit(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.base_model import render_prompt
+from pipeline.conversations import AssistantTurns, assistant_turn_examples
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import select_device
@@ -32,6 +33,9 @@ class SftSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     n_format_samples: int = Field(32, gt=0, description="held-out prompts answered to measure format adherence")
     max_new_tokens: int = Field(96, gt=0)
+    assistant_turns: AssistantTurns = Field(
+        "all", description="conversational records (`messages`): train on every assistant turn, or the last only"
+    )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
@@ -48,14 +52,24 @@ def split_held_out(records: Sequence[dict[str, Any]], fraction: float, seed: int
     return train, held_out
 
 
-def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]]):
-    """A `datasets.Dataset` of rendered chat prompts and raw answers (TRL appends EOS to each answer)."""
+def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant_turns: AssistantTurns = "all"):
+    """A `datasets.Dataset` of rendered chat prompts and raw answers (TRL appends EOS to each answer).
+
+    A record with `messages` is a conversation: it becomes one example per assistant turn, its
+    context rendered by the tokenizer's chat template, so the loss falls on assistant turns only.
+    """
     from datasets import Dataset
 
-    return Dataset.from_dict({
-        "prompt": [render_prompt(tokenizer, r["prompt"]) for r in records],
-        "completion": [r["completion"] for r in records],
-    })
+    prompts, completions = [], []
+    for record in records:
+        if record.get("messages"):
+            examples = assistant_turn_examples(tokenizer, record["messages"], assistant_turns)
+        else:
+            examples = [(render_prompt(tokenizer, record["prompt"]), record["completion"])]
+        for prompt, completion in examples:
+            prompts.append(prompt)
+            completions.append(completion)
+    return Dataset.from_dict({"prompt": prompts, "completion": completions})
 
 
 def sft_config(settings: SftSettings, output_dir: str, has_eval: bool):
@@ -99,8 +113,8 @@ def train_sft(base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Pat
         trainer = SFTTrainer(
             model=model,
             args=sft_config(settings, scratch, has_eval=bool(held_out)),
-            train_dataset=to_prompt_completion(tokenizer, train),
-            eval_dataset=to_prompt_completion(tokenizer, held_out) if held_out else None,
+            train_dataset=to_prompt_completion(tokenizer, train, settings.assistant_turns),
+            eval_dataset=to_prompt_completion(tokenizer, held_out, settings.assistant_turns) if held_out else None,
             processing_class=tokenizer,
         )
         held_out_loss_before = trainer.evaluate()["eval_loss"] if held_out else None
@@ -124,6 +138,7 @@ def train_sft(base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Pat
         "held_out_loss_before": held_out_loss_before,
         "held_out_loss": held_out_loss,
         "n_train": len(train),
+        "n_train_examples": len(trainer.train_dataset),
         "n_held_out": len(held_out),
         "format_adherence": well_formatted / len(samples),
         "ends_with_eos_rate": sum(g.ended_with_eos for g in samples) / len(samples),
