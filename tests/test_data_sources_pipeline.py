@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import transformers
 
 from pipeline.base_model import (
@@ -128,3 +127,17 @@ def test_graph_runs_on_fixtures_with_a_local_base_model(tmp_path, tiny_run_confi
     assert sft_eval["n_train_examples"] > sft_eval["n_train"], "multi-turn conversations train on each assistant turn"
     rm_eval = json.loads((artifact("reward_model") / "rm_eval.json").read_text())
     assert rm_eval["n_train"] + rm_eval["n_held_out"] == 6
+
+
+def test_smollm2_hh_profile_is_valid_run_config_for_the_job():
+    """The real-model profile is not run in CI, but its config must stay valid as assets change."""
+    import yaml
+
+    from pipeline.definitions import defs
+
+    profile = yaml.safe_load((Path(__file__).parents[1] / "pipeline" / "profiles" / "smollm2_hh.yaml").read_text())
+    job = defs.resolve_job_def("rlhf_pipeline")
+    present = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"base_model", "sft_data", "preference_data", "sft_checkpoint", "reward_model"} <= set(profile["ops"])
+    ops = {name: op for name, op in profile["ops"].items() if name in present}
+    dg.validate_run_config(job, {"ops": ops})
