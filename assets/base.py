@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pipeline.base_model import PretrainSettings, TinyModelSpec
 from pipeline.markdown import markdown_table
+from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
 
 MODEL_NAME_FILE = "model_name.txt"
@@ -65,6 +66,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
         model.save_pretrained(staged.path)
         tokenizer.save_pretrained(staged.path)
         (staged.path / MODEL_NAME_FILE).write_text(name + "\n")
+        write_model_card(staged.path)
     n_params = sum(p.numel() for p in model.parameters())
     return artifact_output(staged.path, {
         "model_name": name,

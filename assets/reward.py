@@ -8,6 +8,7 @@ import dagster as dg
 
 from assets.data import load_data
 from pipeline.markdown import markdown_table
+from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from pipeline.reward_model import RewardSettings
 
@@ -34,6 +35,7 @@ def reward_model(
     with artifacts.store().stage("reward_model") as staged:
         metrics = train_reward_model(sft_checkpoint, pairs, staged.path, config)
         (staged.path / RM_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_model_card(staged.path)
     if metrics["n_dropped_too_long"]:
         context.log.warning(
             f"{metrics['n_dropped_too_long']} of {metrics['n_train']} training pairs exceed "

@@ -8,6 +8,7 @@ import dagster as dg
 
 from assets.data import load_data
 from pipeline.markdown import markdown_table
+from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from pipeline.sft import SftSettings
 
@@ -34,6 +35,7 @@ def sft_checkpoint(
     with artifacts.store().stage("sft_checkpoint") as staged:
         metrics = train_sft(base_model, records, staged.path, config)
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_model_card(staged.path)
     return artifact_output(staged.path, {
         "train_loss": metrics["train_loss"],
         "held_out_loss_before": metrics["held_out_loss_before"],

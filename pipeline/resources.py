@@ -15,6 +15,7 @@ from typing import Any
 import dagster as dg
 
 from pipeline.artifacts import ArtifactStore, content_hash, directory_size
+from pipeline.provenance import provenance_metadata
 
 ARTIFACT_PATH_KEY = "artifact_path"
 CONTENT_HASH_KEY = "content_hash"
@@ -55,7 +56,11 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
 
 def artifact_output(path: Path, metadata: dict[str, Any]) -> dg.Output:
-    """The asset's return value: the artifact path, with its hash as the data version."""
+    """The asset's return value: the artifact path, with its hash as the data version.
+
+    Also records the lineage keys of `pipeline.provenance` (code version, git state, config hash,
+    DVC record) for the asset being materialized.
+    """
     digest = content_hash(path)
     return dg.Output(
         value=path,
@@ -64,6 +69,7 @@ def artifact_output(path: Path, metadata: dict[str, Any]) -> dg.Output:
             ARTIFACT_PATH_KEY: dg.MetadataValue.path(str(path)),
             CONTENT_HASH_KEY: digest,
             "size_bytes": directory_size(path),
+            **provenance_metadata(path),
             **metadata,
         },
     )

@@ -1,0 +1,116 @@
+"""Model cards: each checkpoint directory's README.md states which run made it and from what.
+
+A model asset calls `write_model_card(staged.path)` inside its `artifacts.store().stage(...)` block,
+so the card is part of the artifact (and of its content hash). The inputs listed are the latest
+materializations of the asset's dependencies, which is what `ArtifactIOManager` loaded and what
+Dagster records as the materialization's input provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipeline.lineage import iso_timestamp, metadata_value
+from pipeline.markdown import markdown_table
+from pipeline.provenance import (
+    code_git_state,
+    asset_code_version,
+    config_hash,
+    current_asset_context,
+    upstream_keys,
+)
+
+MODEL_CARD_FILE = "README.md"
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    asset: str
+    run_id: str
+    storage_id: int
+    timestamp: str
+    data_version: str | None
+    content_hash: str | None
+    artifact_path: str | None
+
+
+def input_records(context: dg.AssetExecutionContext) -> list[InputRecord]:
+    """The latest materialization of each asset this asset reads."""
+    records = []
+    for key in upstream_keys(context):
+        result = context.instance.fetch_materializations(key, limit=1).records
+        if not result:
+            raise dg.Failure(f"{key.to_user_string()} has no materialization to name in the model card")
+        record = result[0]
+        metadata = record.asset_materialization.metadata
+        records.append(InputRecord(
+            asset=key.to_user_string(),
+            run_id=record.run_id,
+            storage_id=record.storage_id,
+            timestamp=iso_timestamp(record.timestamp),
+            data_version=(record.event_log_entry.tags or {}).get("dagster/data_version"),
+            content_hash=metadata_value(metadata.get("content_hash")),
+            artifact_path=metadata_value(metadata.get("artifact_path")),
+        ))
+    return records
+
+
+def write_model_card(directory: Path, description: str | None = None) -> Path:
+    """Write README.md (HF model card) with this materialization's lineage into `directory`."""
+    context = current_asset_context()
+    if context is None:
+        raise RuntimeError("write_model_card must be called while an asset is being materialized")
+    asset = context.asset_key.to_user_string()
+    git = code_git_state()
+    config = context.op_config or {}
+    inputs = input_records(context)
+    lineage = {
+        "asset": asset,
+        "run_id": context.run_id,
+        "created": iso_timestamp(datetime.now(timezone.utc).timestamp()),
+        "code_version": asset_code_version(context),
+        "git_commit": git.commit,
+        "git_dirty": git.dirty,
+        "config_hash": config_hash(config),
+        "config": config,
+        "inputs": [asdict(record) for record in inputs],
+    }
+    rows = [
+        {"input": r.asset, "run id": r.run_id, "content hash": r.content_hash, "artifact": r.artifact_path}
+        for r in inputs
+    ]
+    card = "\n".join([
+        "---",
+        "library_name: transformers",
+        f"tags: [rlhf, {asset}]",
+        "---",
+        "",
+        f"# {asset}",
+        "",
+        description or (context.assets_def.descriptions_by_key.get(context.asset_key) or "").strip(),
+        "",
+        "## Lineage",
+        "",
+        f"Made by Dagster run `{context.run_id}` (asset `{asset}`, code version `{lineage['code_version']}`) "
+        f"from git commit `{git.commit}`{' with uncommitted changes' if git.dirty else ''}; "
+        f"config hash `{lineage['config_hash']}`.",
+        "",
+        markdown_table(rows, max_chars=400) if rows else "It reads no other asset.",
+        "",
+        "Ask the pipeline for the full upstream tree: `rlhf lineage " + asset + "`.",
+        "",
+        "```json",
+        json.dumps(lineage, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ])
+    path = Path(directory) / MODEL_CARD_FILE
+    path.write_text(card)
+    return path
+
