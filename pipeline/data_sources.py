@@ -38,6 +38,7 @@ from pipeline.data_io import REQUIRED_FIELDS, DataError, read_records, validate_
 logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
+HUB_ID_SHAPE = re.compile(r"[\w.-]+/[\w-]+")  # owner/name without a file suffix
 DataFormat = Literal["records", "hh_rlhf", "ultrafeedback", "tldr", "messages"]
 MAX_SKIPPED_REPORTED = 10
 
@@ -137,6 +138,8 @@ def read_source_rows(settings: SourceSettings) -> tuple[list[dict[str, Any]], st
             where += f"@{settings.dataset_revision}"
     else:
         path = Path(source)
+        if not path.exists() and HUB_ID_SHAPE.fullmatch(source):
+            raise DataError(source, f"no such file or directory; for a hub dataset write `{HUB_PREFIX}{source}`")
         if path.is_dir():
             rows = read_saved_dataset(path, settings.split, settings.max_records)
             where = f"{source} split {settings.split or 'train'}"

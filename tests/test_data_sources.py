@@ -272,6 +272,13 @@ def test_skip_mode_leaves_bad_rows_out_and_reports_them(tmp_path):
     assert loaded.skipped == [f"{source}, row 2, field 'rejected': chosen and rejected answers are identical"]
 
 
+def test_a_missing_local_source_that_looks_like_a_hub_id_says_how_to_name_one(tmp_path):
+    with pytest.raises(DataError, match=r"^Anthropic/hh-rlhf: no such file or directory; for a hub dataset write `hub:Anthropic/hh-rlhf`"):
+        load("Anthropic/hh-rlhf", "hh_rlhf", "preference")
+    with pytest.raises(DataError, match=r"is a directory but not one written by datasets' save_to_disk"):
+        load(str(tmp_path), "hh_rlhf", "preference")
+
+
 def test_a_format_that_cannot_make_the_kind_fails_before_reading():
     with pytest.raises(ValueError, match=r"format 'messages' cannot produce preference data; formats that can: records, hh_rlhf"):
         load("hub:never/read", "messages", "preference")
