@@ -1,0 +1,126 @@
+"""The evaluation report: base vs SFT vs PPO on the held-out `eval_prompts`, and a WARN check for regressions."""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from assets.data import load_data
+from pipeline.evaluation import EvaluationSettings
+from pipeline.report import EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG
+from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
+
+PPO_METRICS_FILE = "ppo_train_metrics.jsonl"
+
+
+class EvaluationReportConfig(dg.Config, EvaluationSettings):
+    pass
+
+
+def recent_reports(instance: dg.DagsterInstance, asset_key: dg.AssetKey, limit: int) -> list[Path]:
+    """eval.json of the latest `limit` materializations of the report, newest first (missing files skipped)."""
+    records = instance.fetch_materializations(asset_key, limit=limit).records
+    paths = []
+    for record in records:
+        materialization = record.asset_materialization
+        entry = materialization.metadata.get(ARTIFACT_PATH_KEY) if materialization else None
+        if entry is not None and (Path(str(entry.value)) / EVAL_JSON).is_file():
+            paths.append(Path(str(entry.value)) / EVAL_JSON)
+    return paths
+
+
+@dg.asset(group_name="evaluation", code_version="1", pool="gpu", kinds={"pytorch"})
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationReportConfig,
+    base_model: Path,
+    sft_checkpoint: Path,
+    ppo_policy: Path,
+    reward_model: Path,
+    eval_prompts: Path,
+    artifacts: ArtifactStoreResource,
+) -> dg.Output:
+    """`final_eval.md`, `report.html` with plots, `eval.json`: RM scores, checker accuracy, win rates by three
+    judges with 95% intervals, KL of PPO to SFT, and reward-hacking spot checks."""
+    from pipeline.evaluation import compare_with_previous, evaluate
+    from pipeline.judges import build_judge
+    from pipeline.report import read_training_metrics, write_report
+
+    records = load_data(eval_prompts)
+    judge = build_judge(config.judge_model, config.custom_judge, config.judge_max_new_tokens, config.device)
+    # Looked up before this run's materialization exists, so the latest one is the previous report.
+    previous = recent_reports(context.instance, context.asset_key, limit=1)
+    result = evaluate(
+        {"base": base_model, "sft": sft_checkpoint, "ppo": ppo_policy}, reward_model, records,
+        config, judge, log=context.log.info,
+    )
+    result["inputs"] = {
+        "base_model": str(base_model), "sft_checkpoint": str(sft_checkpoint), "ppo_policy": str(ppo_policy),
+        "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
+    }
+    result["settings"] = config.model_dump()
+    training_rows, training_note = read_training_metrics(ppo_policy / PPO_METRICS_FILE)
+    if training_note:
+        context.log.warning(training_note)
+    comparison = None
+    if previous:
+        comparison = {**compare_with_previous(result, json.loads(previous[0].read_text())), "previous_path": str(previous[0].parent)}
+    with artifacts.store().stage("evaluation_report") as staged:
+        markdown = write_report(result, staged.path, training_rows, training_note, comparison)
+    path = staged.path
+    models, ppo_vs_sft = result["models"], result["win_rates"]["ppo_vs_sft"]
+    metadata = {
+        "assessment": result["assessment"],
+        "ppo_vs_sft_win_rate_rm": ppo_vs_sft["reward_model"]["rate"],
+        "ppo_vs_sft_win_rate_checker": ppo_vs_sft["rule_checker"]["rate"],
+        "ppo_vs_sft_win_rate_judge": ppo_vs_sft["pairwise_judge"]["rate"],
+        "kl_ppo_vs_sft": result["kl_ppo_vs_sft"],
+        "judge": result["judge"],
+        "n_prompts": result["n_prompts"],
+        "n_verifiable": result["n_verifiable"],
+        **{f"rm_score_{m}": models[m]["rm_score_mean"] for m in models},
+        **{f"checker_accuracy_{m}": models[m]["checker_accuracy"] for m in models},
+        **{f"format_adherence_{m}": models[m]["format_adherence"] for m in models},
+        "n_regressions_vs_previous": len(comparison["regressions"]) if comparison else 0,
+        "report": dg.MetadataValue.md(markdown),
+        "report_md": dg.MetadataValue.path(str(path / REPORT_MD)),
+        "report_html": dg.MetadataValue.path(str(path / REPORT_HTML)),
+        "eval_json": dg.MetadataValue.path(str(path / EVAL_JSON)),
+        "plot_win_rates": dg.MetadataValue.path(str(path / WIN_RATES_PNG)),
+        "plot_length_histograms": dg.MetadataValue.path(str(path / LENGTH_HISTOGRAMS_PNG)),
+    }
+    if (path / TRAINING_CURVES_PNG).is_file():
+        metadata["plot_ppo_training_curves"] = dg.MetadataValue.path(str(path / TRAINING_CURVES_PNG))
+    # Dagster metadata floats must be numbers; an undefined value (e.g. no verifiable prompts) is left out.
+    return artifact_output(path, {k: v for k, v in metadata.items() if v is not None})
+
+
+@dg.asset_check(
+    asset=evaluation_report,
+    blocking=False,
+    description="WARN when a metric of the latest report is worse than the previous report's beyond the 95% intervals",
+)
+def no_regression_vs_previous_report(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from pipeline.evaluation import compare_with_previous
+
+    reports = recent_reports(context.instance, evaluation_report.key, limit=2)
+    if len(reports) < 2:
+        return dg.AssetCheckResult(
+            passed=True, severity=dg.AssetCheckSeverity.WARN, metadata={"note": "no previous report to compare with"},
+        )
+    current, previous = (json.loads(p.read_text()) for p in reports)
+    comparison = compare_with_previous(current, previous)
+    regressions = comparison["regressions"]
+    return dg.AssetCheckResult(
+        passed=not regressions,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "n_regressions": len(regressions),
+            "regressed_metrics": ", ".join(r["metric"] for r in regressions) or "none",
+            "regressions": dg.MetadataValue.json(regressions),
+            "same_reward_model": comparison["same_reward_model"],
+            "current_report": dg.MetadataValue.path(str(reports[0].parent)),
+            "previous_report": dg.MetadataValue.path(str(reports[1].parent)),
+        },
+    )
