@@ -1,0 +1,295 @@
+"""The quality gates as Dagster asset checks: blocking, ERROR severity, thresholds in check config.
+
+Every check is a thin wrapper around a plain function in `quality_gates/`. Thresholds are the
+check's run config (its op is named `<asset>_<check>`), for example:
+
+    ops:
+      sft_data_dedup: {config: {near_duplicate_threshold: 0.9}}
+      preference_data_length_bias: {config: {max_fraction_chosen_longer: 0.8}}
+      reward_model_rm_margin: {config: {min_held_out_accuracy: 0.6}}
+      ppo_policy_ppo_guard: {config: {max_response_length_ratio: 2.0, severity: WARN}}
+
+A failing check records counts and the first offending rows (markdown tables; rows are line
+numbers of the asset's `data.jsonl`) in its metadata. `quality_gate_checks(asset_keys)` builds the
+checks whose assets are defined, so a gate on an asset that does not exist yet is simply absent.
+"""
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipeline.data_io import read_jsonl
+from pipeline.markdown import markdown_table
+from pipeline.resources import ArtifactStoreResource
+from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
+from quality_gates.leak import LeakSettings, find_eval_leaks
+from quality_gates.length_bias import (
+    LengthBiasSettings,
+    length_bias_violations,
+    measure_length_bias,
+    most_length_biased_pairs,
+)
+from quality_gates.model_gates import (
+    PpoGuardSettings,
+    RewardMarginSettings,
+    kl_bound_for,
+    ppo_guard_violations,
+    reward_margin_violations,
+    steps_beyond_kl_bound,
+)
+
+DATA_FILE = "data.jsonl"  # the data assets' record file (assets/data.py writes it)
+RM_EVAL_FILE = "rm_eval.json"
+PPO_SUMMARY_FILE = "ppo_summary.json"
+PPO_METRICS_FILE = "ppo_train_metrics.jsonl"
+FIRST_ROWS = 10  # offending rows shown in a failing check's metadata
+
+# The text a training record carries, prompt first; fields a record lacks are skipped.
+TRAINING_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft_data": ("prompt", "completion"),
+    "preference_data": ("prompt", "chosen", "rejected"),
+    "ppo_prompts": ("prompt", "reference"),
+}
+DATA_ASSETS = ("sft_data", "preference_data", "ppo_prompts", "eval_prompts")
+
+
+class DedupConfig(dg.Config, DedupSettings):
+    pass
+
+
+class EvalLeakConfig(dg.Config, LeakSettings):
+    pass
+
+
+class LengthBiasConfig(dg.Config, LengthBiasSettings):
+    pass
+
+
+class RewardMarginConfig(dg.Config, RewardMarginSettings):
+    pass
+
+
+class PpoGuardConfig(dg.Config, PpoGuardSettings):
+    pass
+
+
+def _records(data_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(data_dir) / DATA_FILE)
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> dg.MetadataValue:
+    return dg.MetadataValue.md(markdown_table(rows[:FIRST_ROWS], columns=columns, max_chars=160))
+
+
+def _result(passed: bool, summary: str, metadata: dict[str, Any], severity: str = "ERROR") -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity(severity),
+        description=summary,
+        metadata=metadata,
+    )
+
+
+def dedup_check(asset_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset_name, name="dedup", blocking=True, description=(
+        "No exact duplicates after normalising case, whitespace and punctuation, and no near duplicates "
+        "(every compared field's word-bigram Jaccard at or above near_duplicate_threshold)."
+    ))
+    def _dedup(context: dg.AssetCheckExecutionContext, config: DedupConfig, data: Path) -> dg.AssetCheckResult:
+        records = _records(data)
+        fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
+        report = find_duplicates(records, fields, config)
+        passed = len(report.exact) <= config.max_exact_duplicates and len(report.near) <= config.max_near_duplicates
+        summary = (
+            f"{len(report.exact)} exact and {len(report.near)} near-duplicate records among {len(records)} "
+            f"(compared: {', '.join(fields)}; near threshold {config.near_duplicate_threshold})"
+        )
+        context.log.info(f"{asset_name} dedup: {summary}")
+        metadata: dict[str, Any] = {
+            "n_records": len(records),
+            "n_exact_duplicates": len(report.exact),
+            "n_near_duplicates": len(report.near),
+            "compared_fields": ", ".join(fields),
+            "near_duplicate_threshold": config.near_duplicate_threshold,
+            "data_file": dg.MetadataValue.path(str(Path(data) / DATA_FILE)),
+        }
+        if report.exact:
+            metadata["exact_duplicates"] = _table(report.exact)
+        if report.near:
+            metadata["near_duplicates"] = _table(report.near)
+        return _result(passed, summary, metadata)
+
+    return _dedup
+
+
+def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=asset_name, name="eval_leak", blocking=True,
+        additional_ins={"eval_prompts": dg.AssetIn("eval_prompts")},
+        description=(
+            "No evaluation prompt in the training data: normalised exact match of the prompt, a shared "
+            "13-word sequence in any text field (GPT-3 contamination test), or a short eval prompt contained whole."
+        ),
+    )
+    def _eval_leak(
+        context: dg.AssetCheckExecutionContext, config: EvalLeakConfig, data: Path, eval_prompts: Path
+    ) -> dg.AssetCheckResult:
+        records = _records(data)
+        evaluation = [r["prompt"] for r in _records(eval_prompts)]
+        fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
+        leaks = find_eval_leaks(records, fields, evaluation, config)
+        passed = len(leaks) <= config.max_leaked_records
+        summary = f"{len(leaks)} of {len(records)} training records contain one of {len(evaluation)} evaluation prompts"
+        context.log.info(f"{asset_name} eval_leak: {summary}")
+        metadata: dict[str, Any] = {
+            "n_leaked_records": len(leaks),
+            "n_records": len(records),
+            "n_eval_prompts": len(evaluation),
+            "ngram_words": config.ngram_words,
+            "data_file": dg.MetadataValue.path(str(Path(data) / DATA_FILE)),
+        }
+        if leaks:
+            metadata["leaked_rows"] = _table(leaks, ("row", "field", "match", "eval_prompt", "training_text"))
+        return _result(passed, summary, metadata)
+
+    return _eval_leak
+
+
+@dg.asset_check(asset="preference_data", name="length_bias", blocking=True, description=(
+    "Answer length alone must not predict the preference label: the share of pairs preferring the longer "
+    "answer and the correlation of the label with the log length ratio stay within bounds."
+))
+def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBiasConfig, data: Path) -> dg.AssetCheckResult:
+    pairs = _records(data)
+    stats = measure_length_bias(pairs)
+    problems = length_bias_violations(stats, config)
+    summary = "; ".join(problems) or (
+        f"fraction_chosen_longer={stats['fraction_chosen_longer']:.3f}, "
+        f"length_label_correlation={stats['length_label_correlation']:.3f} within bounds"
+    )
+    context.log.info(f"preference_data length_bias: {summary}")
+    metadata: dict[str, Any] = {
+        **{k: v for k, v in stats.items()},
+        "max_fraction_chosen_longer": config.max_fraction_chosen_longer,
+        "max_abs_length_label_correlation": config.max_abs_length_label_correlation,
+    }
+    if problems:
+        metadata["most_length_biased_pairs"] = _table(
+            most_length_biased_pairs(pairs, FIRST_ROWS),
+            ("row", "chosen_chars", "rejected_chars", "prompt", "chosen", "rejected"),
+        )
+    return _result(not problems, summary, metadata)
+
+
+@dg.asset_check(asset="reward_model", name="rm_margin", blocking=True, description=(
+    "The reward model's held-out accuracy and mean margin are high enough and its reward does not track "
+    "response length (from rm_eval.json)."
+))
+def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMarginConfig, model_dir: Path) -> dg.AssetCheckResult:
+    rm_eval = json.loads((Path(model_dir) / RM_EVAL_FILE).read_text())
+    problems = reward_margin_violations(rm_eval, config)
+    summary = "; ".join(problems) or (
+        f"held_out_accuracy={rm_eval['held_out_accuracy']:.3f}, mean_margin={rm_eval['mean_margin']:.3f}, "
+        f"reward_length_correlation={rm_eval['reward_length_correlation']:.3f} within bounds"
+    )
+    context.log.info(f"reward_model rm_margin: {summary}")
+    metadata: dict[str, Any] = {
+        "held_out_accuracy": rm_eval["held_out_accuracy"],
+        "mean_margin": rm_eval["mean_margin"],
+        "reward_length_correlation": rm_eval["reward_length_correlation"],
+        **config.model_dump(),
+        "rm_eval": dg.MetadataValue.path(str(Path(model_dir) / RM_EVAL_FILE)),
+    }
+    if problems:
+        if rm_eval.get("accuracy_by_failure_mode"):
+            metadata["accuracy_by_failure_mode"] = _table(
+                [{"failure_mode": m, "accuracy": a} for m, a in rm_eval["accuracy_by_failure_mode"].items()]
+            )
+        if rm_eval.get("examples"):
+            metadata["held_out_examples"] = _table(rm_eval["examples"])
+    return _result(not problems, summary, metadata)
+
+
+@dg.asset_check(asset="ppo_policy", name="ppo_guard", blocking=True, description=(
+    "PPO stayed near the SFT policy: mean KL to SFT under the bound and response length not drifting "
+    "(ratio of PPO to SFT mean response length within bounds). Severity is configurable."
+))
+def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConfig, policy_dir: Path) -> dg.AssetCheckResult:
+    summary_file = Path(policy_dir) / PPO_SUMMARY_FILE
+    if not summary_file.exists():
+        raise dg.Failure(f"ppo_policy artifact {policy_dir} has no {PPO_SUMMARY_FILE}; the guard has nothing to check")
+    summary = json.loads(summary_file.read_text())
+    problems = ppo_guard_violations(summary, config)
+    bound = kl_bound_for(summary, config)
+    text = "; ".join(problems) or (
+        f"kl_to_sft={summary['kl_to_sft']:.3f} <= {bound:.3f}, "
+        f"response_length_ratio={summary['response_length_ratio']:.3f} within bounds"
+    )
+    context.log.info(f"ppo_policy ppo_guard: {text}")
+    metadata: dict[str, Any] = {
+        "kl_to_sft": summary["kl_to_sft"],
+        "kl_bound": bound,
+        "response_length_ratio": summary["response_length_ratio"],
+        "max_response_length_ratio": config.max_response_length_ratio,
+        "min_response_length_ratio": config.min_response_length_ratio,
+        "ppo_summary": dg.MetadataValue.path(str(summary_file)),
+    }
+    metrics_file = Path(policy_dir) / PPO_METRICS_FILE
+    if problems and metrics_file.exists():
+        metadata["steps_beyond_kl_bound"] = _table(steps_beyond_kl_bound(read_jsonl(metrics_file), bound, FIRST_ROWS))
+    return _result(not problems, text, metadata, severity=config.severity)
+
+
+def expectations_check(asset_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset_name, name="expectations", blocking=True, description=(
+        "The asset's Great Expectations suite (fields present, non-null, lengths in bounds, unique records); "
+        "Data Docs HTML under <artifacts root>/data_docs/."
+    ))
+    def _expectations(
+        context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource, data: Path
+    ) -> dg.AssetCheckResult:
+        from quality_gates.expectations import DATA_DOCS_INDEX, validate_with_expectations
+
+        records = _records(data)
+        with artifacts.store().stage("data_docs") as staged:
+            outcome = validate_with_expectations(records, asset_name, staged.path, FIRST_ROWS)
+        index_html = staged.path / DATA_DOCS_INDEX
+        failed = [r for r in outcome["results"] if not r["success"]]
+        summary = (
+            f"{len(outcome['results']) - len(failed)} of {len(outcome['results'])} expectations met; Data Docs: {index_html}"
+        )
+        context.log.info(f"{asset_name} expectations: {summary}")
+        metadata: dict[str, Any] = {
+            "n_expectations": len(outcome["results"]),
+            "n_failed_expectations": len(failed),
+            "data_docs": dg.MetadataValue.path(str(index_html)),
+            "results": dg.MetadataValue.md(markdown_table(outcome["results"], max_chars=80)),
+        }
+        if outcome["offending_rows"]:
+            metadata["offending_rows"] = _table(outcome["offending_rows"])
+        return _result(outcome["success"], summary, metadata)
+
+    return _expectations
+
+
+# Each gate: the assets it needs to exist (target first) and how to build it.
+_GATES: tuple[tuple[tuple[str, ...], Callable[[], dg.AssetChecksDefinition]], ...] = (
+    *(((name,), lambda name=name: dedup_check(name)) for name in TRAINING_TEXT_FIELDS),
+    *(((name, "eval_prompts"), lambda name=name: eval_leak_check(name)) for name in TRAINING_TEXT_FIELDS),
+    *(((name,), lambda name=name: expectations_check(name)) for name in DATA_ASSETS),
+    (("preference_data",), lambda: length_bias_check),
+    (("reward_model",), lambda: rm_margin_check),
+    (("ppo_policy",), lambda: ppo_guard_check),
+)
+
+
+def quality_gate_checks(assets: Iterable[Any]) -> list[dg.AssetChecksDefinition]:
+    """The gate checks whose target and inputs are among `assets` (asset definitions, specs or keys)."""
+    present = set()
+    for asset in assets:
+        keys = getattr(asset, "keys", None) or [getattr(asset, "key", asset)]
+        present.update(dg.AssetKey.from_coercible(k).to_user_string() for k in keys)
+    return [build() for needed, build in _GATES if set(needed) <= present]

@@ -1,0 +1,70 @@
+"""Cross-run refusal: a training asset does not start on an input whose latest blocking gate failed.
+
+Dagster's blocking checks stop downstream assets only inside the run that evaluated them. A later
+run that materializes just `sft_checkpoint` would otherwise train on the very data a gate rejected,
+so each training asset calls `refuse_if_input_gates_failed(context)` first: it looks up, in the
+Dagster instance, the latest completed evaluation of every blocking check on the asset's inputs,
+and raises `dg.Failure` naming each one that failed with ERROR severity.
+
+To proceed, fix the input and re-materialize it with its checks (or, to accept the data as it is,
+re-run the check with a looser threshold in its config); a passing evaluation lifts the refusal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import dagster as dg
+from dagster import AssetCheckSeverity
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from pipeline.markdown import markdown_table
+
+_COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+
+
+def failed_input_gates(
+    instance: dg.DagsterInstance, input_keys: set[dg.AssetKey], blocking_check_keys: set[dg.AssetCheckKey]
+) -> list[dict[str, Any]]:
+    """The blocking checks on `input_keys` whose latest completed evaluation failed with ERROR severity."""
+    failed = []
+    for check_key in sorted(blocking_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        if check_key.asset_key not in input_keys:
+            continue
+        history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1, status=_COMPLETED)
+        if not history or history[0].event is None or history[0].event.dagster_event is None:
+            continue
+        evaluation = history[0].event.dagster_event.event_specific_data
+        if evaluation.passed or evaluation.severity != AssetCheckSeverity.ERROR:
+            continue
+        failed.append({
+            "check": f"{check_key.asset_key.to_user_string()}:{check_key.name}",
+            "run_id": history[0].run_id,
+            "evaluated_at": datetime.fromtimestamp(history[0].create_timestamp, timezone.utc).isoformat(timespec="seconds"),
+            "description": evaluation.description or "",
+        })
+    return failed
+
+
+def refuse_if_input_gates_failed(context: dg.AssetExecutionContext) -> None:
+    """Raise `dg.Failure` if the latest evaluation of a blocking check on one of this asset's inputs failed."""
+    asset_graph = context.job_def.asset_layer.asset_graph
+    input_keys = set(context.assets_def.keys_by_input_name.values())
+    blocking = {key for key in asset_graph.get_check_keys_for_assets(input_keys) if asset_graph.get(key).blocking}
+    failed = failed_input_gates(context.instance, input_keys, blocking)
+    if not failed:
+        return
+    asset_name = context.asset_key.to_user_string()
+    names = ", ".join(f["check"] for f in failed)
+    raise dg.Failure(
+        description=(
+            f"{asset_name} refuses to start: the latest evaluation of blocking check{'s' if len(failed) > 1 else ''} "
+            f"{names} failed ({failed[0]['description']}; run {failed[0]['run_id']}). Fix the input and "
+            "re-materialize it with its checks, or re-run the check with a looser threshold, then retry."
+        ),
+        metadata={
+            "failed_checks": dg.MetadataValue.md(markdown_table(failed, max_chars=200)),
+            "n_failed_checks": len(failed),
+        },
+    )
