@@ -197,7 +197,7 @@ class DvcTracking:
 
         git_top = _git_toplevel(self.root)
         Repo.init(str(self.root), no_scm=git_top is None, subdir=git_top is not None and git_top != self.root)
-        self._configure_defaults()
+        self._configure_defaults(no_scm=git_top is None)
         if git_top is not None:
             gitignore = self.root / ".gitignore"
             lines = gitignore.read_text().splitlines() if gitignore.exists() else []
@@ -206,10 +206,13 @@ class DvcTracking:
                     handle.write(f"/{DEFAULT_REMOTE_DIR}/\n")
         logger.info("initialised a DVC project in %s (remote %s)", self.root, self.root / DEFAULT_REMOTE_DIR)
 
-    def _configure_defaults(self) -> None:
+    def _configure_defaults(self, no_scm: bool) -> None:
         # Written as text: DVC's config API rewrites a relative remote URL against the process's
         # working directory, and relative URLs in the file are resolved against .dvc/.
-        (self.root / ".dvc" / "config").write_text(DEFAULT_DVC_CONFIG)
+        config = DEFAULT_DVC_CONFIG
+        if no_scm:
+            config = config.replace("[core]\n", "[core]\n    no_scm = true\n", 1)
+        (self.root / ".dvc" / "config").write_text(config)
 
     def locked_out_hash(self, stage: str) -> str:
         """The md5 of a stage's out in dvc.lock."""
@@ -221,15 +224,28 @@ class DvcTracking:
 
     def push(self, remote: str | None = None) -> int:
         """Upload every tracked artifact to the remote (default: the local `.dvc-remote/`)."""
-        return self._with_repo(lambda repo: repo.push(remote=remote))
+        with self.writer_lock():
+            return self._with_repo(lambda repo: repo.push(remote=remote))
 
     def pull(self, remote: str | None = None) -> Any:
         """Restore every `current` directory from the remote."""
-        return self._with_repo(lambda repo: repo.pull(remote=remote, force=True))
+        with self.writer_lock():
+            return self._with_repo(lambda repo: repo.pull(remote=remote, force=True))
 
     def status(self) -> dict[str, Any]:
         """`dvc status` of the pipeline: {} when every stage is up to date."""
-        return self._with_repo(lambda repo: repo.status())
+        with self.writer_lock():
+            return self._with_repo(lambda repo: repo.status())
+
+    def stage_edges(self) -> set[tuple[str, str]]:
+        """(upstream stage, downstream stage) pairs of `dvc dag`, in the asset graph's direction."""
+
+        def edges(repo):
+            # DVC's graph points from a stage to the stages it depends on.
+            return {(dependency.name, stage.name) for stage, dependency in repo.index.graph.edges}
+
+        with self.writer_lock():
+            return self._with_repo(edges)
 
     def _sync_stage(self, asset_name: str, spec: dict[str, Any]) -> None:
         """Add or correct the asset's stage in dvc.yaml (other stages and their order are kept)."""
@@ -256,13 +272,24 @@ class DvcTracking:
 
         for attempt in range(attempts):
             try:
-                with Repo(str(self.root)) as repo:
+                with _working_directory(self.root), Repo(str(self.root)) as repo:
                     return action(repo)
             except LockError:
                 # Someone outside this pipeline (a `dvc` command) holds the repository lock.
                 if attempt == attempts - 1:
                     raise
                 time.sleep(2.0 * (attempt + 1))
+
+
+@contextmanager
+def _working_directory(directory: Path) -> Iterator[None]:
+    """Run DVC from its root: it resolves stage names and dependency paths against the cwd."""
+    previous = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _git_toplevel(directory: Path) -> Path | None:

@@ -1,0 +1,160 @@
+"""DVC records the same artifacts as Dagster: stages follow the asset graph, dvc.lock hashes match metadata."""
+
+import subprocess
+import threading
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from pipeline.artifacts import content_hash
+from pipeline.dvc_tracking import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, tracking_for
+from pipeline.lineage import upstream_tree
+from test_lineage import materialize_toy, toy_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dvc_project(tmp_path, monkeypatch) -> Path:
+    """A git repo with a dvc.yaml for the toy graph and no .dvc/ yet (the pipeline must init it)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    graph = {"toy_data": [], "toy_model": ["toy_data"]}
+    (project / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml_for_graph(graph), sort_keys=False))
+    (project / "artifacts").mkdir()
+    monkeypatch.delenv("RLHF_DVC", raising=False)
+    monkeypatch.delenv("RLHF_DVC_ROOT", raising=False)
+    return project
+
+
+def _metadata(instance, asset):
+    return instance.fetch_materializations(dg.AssetKey(asset), limit=1).records[0].asset_materialization.metadata
+
+
+def _lock(project: Path) -> dict:
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+
+
+def test_materializations_are_recorded_in_dvc_with_matching_hashes(dvc_project, dagster_instance):
+    artifacts = dvc_project / "artifacts"
+    materialize_toy(dagster_instance, artifacts, text="v1")
+
+    assert (dvc_project / ".dvc" / "config").read_text().count("../.dvc-remote") == 1
+    tracking = DvcTracking(dvc_project)
+    assert tracking.status() == {}, "dvc status must be clean right after a run"
+    assert tracking.stage_edges() == {("toy_data", "toy_model")}
+    lock = _lock(dvc_project)
+    data_md, model_md = _metadata(dagster_instance, "toy_data"), _metadata(dagster_instance, "toy_model")
+    assert lock["toy_data"]["outs"][0]["md5"] == data_md["dvc_md5"].value
+    assert lock["toy_model"]["outs"][0]["md5"] == model_md["dvc_md5"].value
+    assert lock["toy_model"]["deps"][0]["md5"] == data_md["dvc_md5"].value
+    assert model_md["dvc_out"].value == "artifacts/toy_model/current"
+    # `current` is the version Dagster recorded, byte for byte.
+    for md in (data_md, model_md):
+        assert content_hash(dvc_project / md["dvc_out"].value) == md["content_hash"].value
+    tree = upstream_tree(dagster_instance, "toy_model")
+    assert tree.inputs[0].dvc_md5 == lock["toy_model"]["deps"][0]["md5"]
+
+    # A new data version makes the model stale for DVC too, until the model is re-materialized.
+    first_data_version = Path(data_md["artifact_path"].value)
+    materialize_toy(dagster_instance, artifacts, text="v2")
+    assert tracking.status() == {}
+    assert (first_data_version / "data.txt").read_text() == "v1", "old versions are never overwritten"
+    assert (artifacts / "toy_data" / "current" / "data.txt").read_text() == "v2"
+
+
+def test_stale_downstream_shows_in_dvc_status(dvc_project, dagster_instance):
+    from test_lineage import toy_data
+
+    artifacts = dvc_project / "artifacts"
+    materialize_toy(dagster_instance, artifacts, text="v1")
+    materialize_toy(dagster_instance, artifacts, text="v2", selection=[toy_data])
+    status = DvcTracking(dvc_project).status()
+    assert set(status) == {"toy_model"}, status
+    materialize_toy(dagster_instance, artifacts, selection=[toy_model])
+    assert DvcTracking(dvc_project).status() == {}
+
+
+def test_push_and_pull_restore_artifacts(dvc_project, dagster_instance):
+    import shutil
+
+    artifacts = dvc_project / "artifacts"
+    materialize_toy(dagster_instance, artifacts, text="to be restored")
+    tracking = DvcTracking(dvc_project)
+    assert tracking.push() >= 2
+    assert (dvc_project / ".dvc-remote").is_dir()
+    expected = {asset: content_hash(artifacts / asset / "current") for asset in ("toy_data", "toy_model")}
+    for asset in expected:
+        shutil.rmtree(artifacts / asset / "current")
+    shutil.rmtree(dvc_project / ".dvc" / "cache")
+    tracking.pull()
+    for asset, digest in expected.items():
+        assert content_hash(artifacts / asset / "current") == digest
+    assert (artifacts / "toy_data" / "current" / "data.txt").read_text() == "to be restored"
+
+
+def test_tracking_switches(tmp_path, monkeypatch):
+    version_dir = tmp_path / "artifacts" / "toy_data" / "20260101T000000Z-abc"
+    version_dir.mkdir(parents=True)
+    monkeypatch.delenv("RLHF_DVC_ROOT", raising=False)
+    monkeypatch.delenv("RLHF_DVC", raising=False)
+    assert tracking_for(version_dir) is None  # no dvc.yaml above a test's tmp dir: off
+    monkeypatch.setenv("RLHF_DVC", "on")
+    with pytest.raises(DvcTrackingError, match="no dvc.yaml"):
+        tracking_for(version_dir)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert tracking_for(version_dir).root == tmp_path.resolve()
+    monkeypatch.setenv("RLHF_DVC", "off")
+    assert tracking_for(version_dir) is None
+    monkeypatch.setenv("RLHF_DVC", "auto")
+    monkeypatch.setenv("RLHF_DVC_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(DvcTrackingError, match="outside the DVC project"):
+        tracking_for(version_dir).record("toy_data", version_dir, [])
+
+
+def test_parallel_writers_are_serialised(tmp_path):
+    """Two steps finishing at once both land in dvc.lock (DVC alone would refuse the second writer)."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    tracking = DvcTracking(tmp_path)
+    versions = []
+    for asset in ("left", "right"):
+        version = tmp_path / "artifacts" / asset / "20260101T000000Z-abc"
+        version.mkdir(parents=True)
+        (version / "file.txt").write_text(asset)
+        versions.append((asset, version))
+    errors = []
+
+    def record(asset, version):
+        try:
+            tracking.record(asset, version, [])
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=record, args=pair) for pair in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert set(_lock(tmp_path)) == {"left", "right"}
+    assert tracking.status() == {}
+
+
+def test_repository_dvc_yaml_matches_the_asset_graph():
+    """dvc.yaml has one stage per asset with the asset's inputs as deps (regenerate: `rlhf dvc-yaml --write dvc.yaml`)."""
+    from pipeline.cli import asset_graph_of_definitions
+    from pipeline.dvc_tracking import stage_spec
+
+    committed = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    graph = asset_graph_of_definitions()
+    for asset, upstream in graph.items():
+        assert committed.get(asset) == stage_spec(asset, upstream, "artifacts"), (
+            f"dvc.yaml stage {asset} differs from the asset graph; run `rlhf dvc-yaml --write dvc.yaml`"
+        )
+    design_keys = {"base_model", "base_probe", "sft_data", "preference_data", "ppo_prompts", "eval_prompts",
+                   "sft_checkpoint", "reward_model", "ppo_policy", "evaluation_report"}
+    assert set(committed) <= set(graph) | design_keys
+    assert design_keys <= set(committed)
