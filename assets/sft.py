@@ -29,11 +29,17 @@ def sft_checkpoint(
 ) -> dg.Output:
     """SFT policy (HF directory) with `sft_eval.json`: train and held-out loss, format adherence, samples."""
     from pipeline.sft import train_sft
+    from pipeline.training_checkpoints import checkpoint_key, training_scratch
 
     records = load_data(sft_data)
     context.log.info(f"SFT on {len(records)} records from {sft_data}")
-    with artifacts.store().stage("sft_checkpoint") as staged:
-        metrics = train_sft(base_model, records, staged.path, config)
+    store = artifacts.store()
+    key = checkpoint_key(config, {"base_model": base_model, "sft_data": sft_data})
+    # Checkpoints outlive a killed run (the next run with this key resumes) and go once the artifact is committed.
+    with training_scratch(store, "sft_checkpoint", key) as checkpoints, store.stage("sft_checkpoint") as staged:
+        if checkpoints.resume_from is not None:
+            context.log.info(f"resuming SFT from {checkpoints.resume_from} (a previous run was interrupted)")
+        metrics = train_sft(base_model, records, staged.path, config, checkpoints)
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_model_card(staged.path)
     return artifact_output(staged.path, {
@@ -43,5 +49,7 @@ def sft_checkpoint(
         "format_adherence": metrics["format_adherence"],
         "n_train": metrics["n_train"],
         "n_held_out": metrics["n_held_out"],
+        "total_steps": metrics["total_steps"],
+        "resumed_from_step": metrics["resumed_from_step"],
         "samples": dg.MetadataValue.md(markdown_table(metrics["samples"], max_chars=200)),
     })

@@ -40,18 +40,30 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows are numbered from 1, as lines are in an editor."""
-    records = []
+    """One JSON object per line. Rows are numbered from 1 and are the file's line numbers.
+
+    A blank line between records is an error, not skipped, so that "row N" in any later check of
+    these records (field checks, data-source adapters, quality gates) is line N in an editor.
+    Blank lines at the end of the file are allowed.
+    """
+    records: list[dict[str, Any]] = []
+    blank_line: int | None = None
     with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
+        line_number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            line_number += 1
             if len(raw) > MAX_LINE_BYTES:
-                raise DataError(path, f"line is {len(raw)} bytes, more than the {MAX_LINE_BYTES} allowed", row=line_number)
+                # Reading at most MAX_LINE_BYTES + 1 bytes keeps a huge single line out of memory.
+                raise DataError(path, f"line is longer than the {MAX_LINE_BYTES} bytes allowed for one record", row=line_number)
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
             except UnicodeDecodeError as error:
-                raise DataError(path, f"bytes that are not UTF-8 at column {error.start + 1}", row=line_number) from None
+                raise DataError(path, f"bytes that are not UTF-8 at byte {error.start + 1} of the line", row=line_number) from None
             if not line.strip():
+                blank_line = blank_line or line_number
                 continue
+            if blank_line is not None:
+                raise DataError(path, "blank line between records; remove it", row=blank_line)
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -69,7 +81,7 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a corrupt file
         raise DataError(path, f"not a readable Parquet file ({error})") from None
-    return table.to_pylist()
+    return table.to_pylist()  # row N is the table's N-th row, counted from 1
 
 
 def read_records(source: str | Path) -> list[dict[str, Any]]:
@@ -79,6 +91,8 @@ def read_records(source: str | Path) -> list[dict[str, Any]]:
         raise DataError(path, "file does not exist")
     if path.is_dir():
         raise DataError(path, "is a directory, expected a .jsonl or .parquet file")
+    if not path.is_file():
+        raise DataError(path, "is not a regular file (a device, socket or pipe?); expected a .jsonl or .parquet file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return read_jsonl(path)

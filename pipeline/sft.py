@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import select_device
 from pipeline.generation import generate
+from pipeline.training_checkpoints import TrainingScratch
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class SftSettings(BaseModel):
     max_new_tokens: int = Field(96, gt=0)
     assistant_turns: AssistantTurns = Field(
         "all", description="conversational records (`messages`): train on every assistant turn, or the last only"
+    )
+    checkpoint_every_steps: int = Field(
+        50, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir)"
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
@@ -72,7 +78,7 @@ def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant
     return Dataset.from_dict({"prompt": prompts, "completion": completions})
 
 
-def sft_config(settings: SftSettings, output_dir: str, has_eval: bool):
+def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_checkpoints: bool = False):
     from trl import SFTConfig
 
     choice = select_device(settings.device)
@@ -90,7 +96,10 @@ def sft_config(settings: SftSettings, output_dir: str, has_eval: bool):
         lr_scheduler_type="cosine",
         logging_steps=5,
         eval_strategy="no",
-        save_strategy="no",
+        save_strategy="steps" if save_checkpoints else "no",
+        save_steps=settings.checkpoint_every_steps,
+        # Two, not one: if the process dies while writing the newest, the one before is complete.
+        save_total_limit=2,
         report_to="none",
         seed=settings.seed,
         use_cpu=choice.device.type == "cpu",
@@ -101,24 +110,37 @@ def sft_config(settings: SftSettings, output_dir: str, has_eval: bool):
     )
 
 
-def train_sft(base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Path, settings: SftSettings) -> dict[str, Any]:
-    """Fine-tune the base checkpoint; save model and tokenizer to `output_dir`; return the metrics."""
+def train_sft(
+    base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Path, settings: SftSettings,
+    checkpoints: TrainingScratch | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the base checkpoint; save model and tokenizer to `output_dir`; return the metrics.
+
+    With `checkpoints`, the trainer saves there every `checkpoint_every_steps` steps and resumes
+    from `checkpoints.resume_from` (a run that was killed); without, it keeps nothing.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True)  # our artifacts are safetensors
     train, held_out = split_held_out(records, settings.held_out_fraction, settings.seed)
-    with tempfile.TemporaryDirectory(prefix="sft-trainer-") as scratch:
+    scratch_dir = nullcontext(str(checkpoints.directory)) if checkpoints else tempfile.TemporaryDirectory(prefix="sft-trainer-")
+    with scratch_dir as scratch:
         trainer = SFTTrainer(
             model=model,
-            args=sft_config(settings, scratch, has_eval=bool(held_out)),
+            args=sft_config(settings, scratch, has_eval=bool(held_out), save_checkpoints=checkpoints is not None),
             train_dataset=to_prompt_completion(tokenizer, train, settings.assistant_turns),
             eval_dataset=to_prompt_completion(tokenizer, held_out, settings.assistant_turns) if held_out else None,
             processing_class=tokenizer,
         )
         held_out_loss_before = trainer.evaluate()["eval_loss"] if held_out else None
-        result = trainer.train()
+        resume_from = checkpoints.resume_from if checkpoints else None
+        if resume_from is not None:
+            logger.info(f"SFT resumes from {resume_from}")
+        started = time.monotonic()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_seconds = time.monotonic() - started
         held_out_loss = trainer.evaluate()["eval_loss"] if held_out else None
         loss_curve = [
             {"step": log["step"], "loss": log["loss"]} for log in trainer.state.log_history if "loss" in log
@@ -140,6 +162,9 @@ def train_sft(base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Pat
         "n_train": len(train),
         "n_train_examples": len(trainer.train_dataset),
         "n_held_out": len(held_out),
+        "total_steps": trainer.state.max_steps,
+        "resumed_from_step": checkpoints.resume_step if checkpoints else 0,
+        "train_seconds_this_run": train_seconds,
         "format_adherence": well_formatted / len(samples),
         "ends_with_eos_rate": sum(g.ended_with_eos for g in samples) / len(samples),
         "role_marker_echo_rate": sum(g.echoed_role_marker for g in samples) / len(samples),
