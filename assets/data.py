@@ -18,6 +18,7 @@ from pipeline.data_io import read_jsonl, write_jsonl
 from pipeline.data_sources import SourceSettings, load_source
 from pipeline.markdown import markdown_table
 from pipeline.resources import ArtifactStoreResource, artifact_output
+from quality_gates.schemas import validate_data
 
 DATA_FILE = "data.jsonl"
 STATS_FILE = "stats.json"
@@ -88,6 +89,7 @@ def _materialize_data(
     source: str | None,
 ) -> dg.Output:
     asset_name = context.asset_key.to_user_string()
+    validate_data(records, asset_name, source or "generator")  # pandera: stops on a bad row, naming it
     stats = _stats(records, text_fields)
     stats["source"] = source or "generator"
     with artifacts.store().stage(asset_name) as staged:

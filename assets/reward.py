@@ -10,6 +10,7 @@ from assets.data import load_data
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
+from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.reward_model import RewardSettings
 
 RM_EVAL_FILE = "rm_eval.json"
@@ -30,6 +31,7 @@ def reward_model(
     """Scalar-head reward model with `rm_eval.json`: held-out accuracy, margin, calibration, dropped pairs."""
     from pipeline.reward_model import train_reward_model
 
+    refuse_if_input_gates_failed(context)
     pairs = load_data(preference_data)
     context.log.info(f"reward model on {len(pairs)} pairs from {preference_data}")
     with artifacts.store().stage("reward_model") as staged:

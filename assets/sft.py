@@ -10,6 +10,7 @@ from assets.data import load_data
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
+from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.sft import SftSettings
 
 SFT_EVAL_FILE = "sft_eval.json"
@@ -31,6 +32,7 @@ def sft_checkpoint(
     from pipeline.sft import train_sft
     from pipeline.training_checkpoints import checkpoint_key, training_scratch
 
+    refuse_if_input_gates_failed(context)
     records = load_data(sft_data)
     context.log.info(f"SFT on {len(records)} records from {sft_data}")
     store = artifacts.store()

@@ -11,6 +11,7 @@ import dagster as dg
 
 from assets import base, data, reward, sft
 from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from quality_gates.checks import quality_gate_checks
 
 all_assets = dg.load_assets_from_modules([base, data, sft, reward])
 
@@ -22,6 +23,7 @@ rlhf_pipeline = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=all_assets,
+    asset_checks=quality_gate_checks(all_assets),  # only gates whose assets are defined
     jobs=[rlhf_pipeline],
     resources={
         "artifacts": ArtifactStoreResource(root=os.environ.get("RLHF_ARTIFACTS_ROOT", "artifacts")),

@@ -14,6 +14,7 @@ numbers of the asset's `data.jsonl`) in its metadata. `quality_gate_checks(asset
 checks whose assets are defined, so a gate on an asset that does not exist yet is simply absent.
 """
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -284,6 +285,13 @@ _GATES: tuple[tuple[tuple[str, ...], Callable[[], dg.AssetChecksDefinition]], ..
     (("reward_model",), lambda: rm_margin_check),
     (("ppo_policy",), lambda: ppo_guard_check),
 )
+
+
+@functools.cache
+def all_gate_check_keys() -> frozenset[dg.AssetCheckKey]:
+    """The key of every gate this module can build, whichever assets are defined."""
+    every_asset = {name for needed, _ in _GATES for name in needed}
+    return frozenset(key for check in quality_gate_checks(every_asset) for key in check.check_keys)
 
 
 def quality_gate_checks(assets: Iterable[Any]) -> list[dg.AssetChecksDefinition]:

@@ -3,8 +3,11 @@
 Dagster's blocking checks stop downstream assets only inside the run that evaluated them. A later
 run that materializes just `sft_checkpoint` would otherwise train on the very data a gate rejected,
 so each training asset calls `refuse_if_input_gates_failed(context)` first: it looks up, in the
-Dagster instance, the latest completed evaluation of every blocking check on the asset's inputs,
-and raises `dg.Failure` naming each one that failed with ERROR severity.
+Dagster instance, the latest completed evaluation of every check on the asset's inputs, and raises
+`dg.Failure` naming each one that was blocking and failed with ERROR severity.
+
+The checks to look up are this project's gates plus any other check in the run's job. The job
+alone is not enough: a run that selects only `sft_checkpoint` has a job without the data checks.
 
 To proceed, fix the input and re-materialize it with its checks (or, to accept the data as it is,
 re-run the check with a looser threshold in its config); a passing evaluation lifts the refusal.
@@ -20,23 +23,24 @@ from dagster import AssetCheckSeverity
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pipeline.markdown import markdown_table
+from quality_gates.checks import all_gate_check_keys
 
 _COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
 
 def failed_input_gates(
-    instance: dg.DagsterInstance, input_keys: set[dg.AssetKey], blocking_check_keys: set[dg.AssetCheckKey]
+    instance: dg.DagsterInstance, input_keys: set[dg.AssetKey], check_keys: set[dg.AssetCheckKey]
 ) -> list[dict[str, Any]]:
-    """The blocking checks on `input_keys` whose latest completed evaluation failed with ERROR severity."""
+    """The checks on `input_keys` whose latest completed evaluation was blocking and failed with ERROR severity."""
     failed = []
-    for check_key in sorted(blocking_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+    for check_key in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
         if check_key.asset_key not in input_keys:
             continue
         history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1, status=_COMPLETED)
         if not history or history[0].event is None or history[0].event.dagster_event is None:
             continue
         evaluation = history[0].event.dagster_event.event_specific_data
-        if evaluation.passed or evaluation.severity != AssetCheckSeverity.ERROR:
+        if evaluation.passed or not evaluation.blocking or evaluation.severity != AssetCheckSeverity.ERROR:
             continue
         failed.append({
             "check": f"{check_key.asset_key.to_user_string()}:{check_key.name}",
@@ -49,10 +53,10 @@ def failed_input_gates(
 
 def refuse_if_input_gates_failed(context: dg.AssetExecutionContext) -> None:
     """Raise `dg.Failure` if the latest evaluation of a blocking check on one of this asset's inputs failed."""
-    asset_graph = context.job_def.asset_layer.asset_graph
     input_keys = set(context.assets_def.keys_by_input_name.values())
-    blocking = {key for key in asset_graph.get_check_keys_for_assets(input_keys) if asset_graph.get(key).blocking}
-    failed = failed_input_gates(context.instance, input_keys, blocking)
+    check_keys = set(context.job_def.asset_layer.asset_graph.get_check_keys_for_assets(input_keys))
+    check_keys |= {key for key in all_gate_check_keys() if key.asset_key in input_keys}
+    failed = failed_input_gates(context.instance, input_keys, check_keys)
     if not failed:
         return
     asset_name = context.asset_key.to_user_string()
