@@ -36,6 +36,7 @@ from quality_gates.length_bias import (
 from quality_gates.model_gates import (
     PpoGuardSettings,
     RewardMarginSettings,
+    gate_severity,
     kl_bound_for,
     ppo_guard_violations,
     reward_margin_violations,
@@ -192,6 +193,10 @@ def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBias
 def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMarginConfig, model_dir: Path) -> dg.AssetCheckResult:
     rm_eval = json.loads((Path(model_dir) / RM_EVAL_FILE).read_text())
     problems = reward_margin_violations(rm_eval, config)
+    n_held_out = rm_eval.get("n_held_out")
+    severity = gate_severity("ERROR", n_held_out, config.min_held_out_pairs)
+    if problems and severity == "WARN":
+        problems.insert(0, f"only {n_held_out} held-out pairs (< min_held_out_pairs={config.min_held_out_pairs}), so not blocking")
     summary = "; ".join(problems) or (
         f"held_out_accuracy={rm_eval['held_out_accuracy']:.3f}, mean_margin={rm_eval['mean_margin']:.3f}, "
         f"reward_length_correlation={rm_eval['reward_length_correlation']:.3f} within bounds"
@@ -201,6 +206,7 @@ def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMargin
         "held_out_accuracy": rm_eval["held_out_accuracy"],
         "mean_margin": rm_eval["mean_margin"],
         "reward_length_correlation": rm_eval["reward_length_correlation"],
+        "n_held_out": n_held_out,
         **config.model_dump(),
         "rm_eval": dg.MetadataValue.path(str(Path(model_dir) / RM_EVAL_FILE)),
     }
@@ -211,7 +217,7 @@ def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMargin
             )
         if rm_eval.get("examples"):
             metadata["held_out_examples"] = _table(rm_eval["examples"])
-    return _result(not problems, summary, metadata)
+    return _result(not problems, summary, metadata, severity=severity)
 
 
 @dg.asset_check(asset="ppo_policy", name="ppo_guard", blocking=True, description=(
@@ -225,6 +231,10 @@ def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConf
     summary = json.loads(summary_file.read_text())
     problems = ppo_guard_violations(summary, config)
     bound = kl_bound_for(summary, config)
+    n_answers = summary.get("n_eval_answers")
+    severity = gate_severity(config.severity, n_answers, config.min_eval_answers)
+    if problems and severity != config.severity:
+        problems.insert(0, f"only {n_answers} evaluation answers (< min_eval_answers={config.min_eval_answers}), so not blocking")
     text = "; ".join(problems) or (
         f"kl_to_sft={summary['kl_to_sft']:.3f} <= {bound:.3f}, "
         f"response_length_ratio={summary['response_length_ratio']:.3f} within bounds"
@@ -234,6 +244,7 @@ def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConf
         "kl_to_sft": summary["kl_to_sft"],
         "kl_bound": bound,
         "response_length_ratio": summary["response_length_ratio"],
+        "n_eval_answers": n_answers,
         "max_response_length_ratio": config.max_response_length_ratio,
         "min_response_length_ratio": config.min_response_length_ratio,
         "ppo_summary": dg.MetadataValue.path(str(summary_file)),
@@ -241,7 +252,7 @@ def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConf
     metrics_file = Path(policy_dir) / PPO_METRICS_FILE
     if problems and metrics_file.exists():
         metadata["steps_beyond_kl_bound"] = _table(steps_beyond_kl_bound(read_jsonl(metrics_file), bound, FIRST_ROWS))
-    return _result(not problems, text, metadata, severity=config.severity)
+    return _result(not problems, text, metadata, severity=severity)
 
 
 def expectations_check(asset_name: str) -> dg.AssetChecksDefinition:

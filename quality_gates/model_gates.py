@@ -14,15 +14,31 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RewardMarginSettings(BaseModel):
-    """Thresholds of the reward-model gate; the `rm_margin` check's config extends this."""
+    """Thresholds of the reward-model gate; the `rm_margin` check's config extends this.
+
+    Measured on the embedded default (400 pairs, 60 held out): accuracy 0.93, mean margin 4.1,
+    reward/length correlation -0.06; the defaults leave a wide margin below that. The tiny test
+    profile holds out 10 pairs (accuracy 0.6-0.7, margin 0.05), which says nothing either way:
+    hence `min_held_out_pairs`, below which a failure warns instead of blocking.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_held_out_accuracy: float = Field(0.7, ge=0, le=1, description="share of held-out pairs where chosen outscores rejected")
-    min_mean_margin: float = Field(0.5, description="mean of r(chosen) - r(rejected) on held-out pairs")
+    min_held_out_accuracy: float = Field(0.75, ge=0, le=1, description="share of held-out pairs where chosen outscores rejected")
+    min_mean_margin: float = Field(1.0, description="mean of r(chosen) - r(rejected) on held-out pairs")
     max_abs_reward_length_correlation: float = Field(
-        0.6, gt=0, le=1, description="|Pearson correlation of reward with response length| on held-out answers"
+        0.5, gt=0, le=1, description="|Pearson correlation of reward with response length| on held-out answers"
     )
+    min_held_out_pairs: int = Field(
+        30, ge=0, description="with fewer held-out pairs a failure is reported with WARN severity and does not block"
+    )
+
+
+def gate_severity(severity: str, n_evidence: int | None, min_evidence: int) -> str:
+    """WARN instead of the configured severity when the measurement rests on too few samples to block on."""
+    if n_evidence is not None and n_evidence < min_evidence:
+        return "WARN"
+    return severity
 
 
 def reward_margin_violations(rm_eval: dict[str, Any], settings: RewardMarginSettings) -> list[str]:
@@ -58,6 +74,9 @@ class PpoGuardSettings(BaseModel):
     )
     severity: Literal["ERROR", "WARN"] = Field(
         "ERROR", description="ERROR blocks evaluation_report (and refuses later runs); WARN only reports"
+    )
+    min_eval_answers: int = Field(
+        32, ge=0, description="with fewer sampled evaluation answers a failure is reported with WARN severity"
     )
 
 

@@ -12,6 +12,7 @@ from quality_gates.length_bias import LengthBiasSettings, length_bias_violations
 from quality_gates.model_gates import (
     PpoGuardSettings,
     RewardMarginSettings,
+    gate_severity,
     ppo_guard_violations,
     reward_margin_violations,
     steps_beyond_kl_bound,
@@ -186,3 +187,9 @@ def test_ppo_guard_bounds_kl_and_length_growth():
     assert ppo_guard_violations({**ok, "kl_to_sft": float("nan")}, PpoGuardSettings())
     history = [{"step": s, "kl": kl} for s, kl in enumerate((1.0, 9.0, 12.0), start=1)]
     assert [r["step"] for r in steps_beyond_kl_bound(history, 8.0, 10)] == [2, 3]
+
+
+def test_thin_evidence_downgrades_a_model_gate_to_a_warning():
+    assert gate_severity("ERROR", 10, 30) == "WARN"
+    assert gate_severity("ERROR", 60, 30) == "ERROR"
+    assert gate_severity("ERROR", None, 30) == "ERROR"  # an artifact that does not say how many: enforce

@@ -145,7 +145,7 @@ def test_reward_margin_gate_reads_rm_eval(tmp_path, artifacts_root, dagster_inst
     model_dir = tmp_path / "rm"
     model_dir.mkdir()
     (model_dir / "rm_eval.json").write_text(json.dumps({
-        "held_out_accuracy": 0.55, "mean_margin": 0.05, "reward_length_correlation": 0.2,
+        "held_out_accuracy": 0.55, "mean_margin": 0.05, "reward_length_correlation": 0.2, "n_held_out": 60,
         "accuracy_by_failure_mode": {"padded": 0.3, "vague": 0.8},
     }))
     _fake_materialization(dagster_instance, "reward_model", model_dir)
@@ -158,12 +158,17 @@ def test_reward_margin_gate_reads_rm_eval(tmp_path, artifacts_root, dagster_inst
     relaxed = _run_check(rm_margin_check, target, dagster_instance, artifacts_root,
                          {"min_held_out_accuracy": 0.5, "min_mean_margin": 0.0})
     assert relaxed.success and relaxed.get_asset_check_evaluations()[0].passed
+    # Ten held-out pairs (the tiny profile) are too few to block on: the failure is a warning.
+    thin = _run_check(rm_margin_check, target, dagster_instance, artifacts_root, {"min_held_out_pairs": 61})
+    [evaluation] = thin.get_asset_check_evaluations()
+    assert thin.success and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert "only 60 held-out pairs" in evaluation.description
 
 
 def test_ppo_guard_blocks_or_warns_as_configured(tmp_path, artifacts_root, dagster_instance):
     policy_dir = tmp_path / "ppo"
     policy_dir.mkdir()
-    (policy_dir / "ppo_summary.json").write_text(json.dumps({"kl_to_sft": 12.0, "kl_bound": 8.0, "response_length_ratio": 1.2}))
+    (policy_dir / "ppo_summary.json").write_text(json.dumps({"kl_to_sft": 12.0, "kl_bound": 8.0, "response_length_ratio": 1.2, "n_eval_answers": 64}))
     write_jsonl([{"step": 1, "kl": 2.0}, {"step": 2, "kl": 11.0}], policy_dir / "ppo_train_metrics.jsonl")
     _fake_materialization(dagster_instance, "ppo_policy", policy_dir)
     target = dg.AssetSpec("ppo_policy")
