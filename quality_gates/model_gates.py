@@ -67,7 +67,7 @@ class PpoGuardSettings(BaseModel):
         None, gt=0, description="bound on the mean per-sequence KL(PPO || SFT); None uses the run's own kl_bound"
     )
     max_response_length_ratio: float = Field(
-        1.5, gt=1, description="mean PPO response length over mean SFT response length (verbosity drift)"
+        2.0, gt=1, description="mean PPO response length over mean SFT response length (verbosity drift)"
     )
     min_response_length_ratio: float = Field(
         0.25, ge=0, lt=1, description="below this the policy has collapsed to (near) empty answers"
