@@ -9,11 +9,11 @@ import os
 
 import dagster as dg
 
-from assets import base, data, reward, sft
+from assets import base, data, ppo, reward, sft
 from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import quality_gate_checks
 
-all_assets = dg.load_assets_from_modules([base, data, sft, reward])
+all_assets = dg.load_assets_from_modules([base, data, sft, reward, ppo])
 
 rlhf_pipeline = dg.define_asset_job(
     "rlhf_pipeline",

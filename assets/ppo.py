@@ -1,0 +1,75 @@
+"""The PPO policy: our InstructGPT-style PPO from the SFT checkpoint against the frozen reward model."""
+
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from assets.data import load_data
+from pipeline.markdown import markdown_table
+from pipeline.ppo import CURVES_FILE, PpoSettings
+from pipeline.incremental import reuse_if_unchanged
+from pipeline.resources import ArtifactStoreResource, artifact_output
+from quality_gates.refusal import refuse_if_input_gates_failed
+
+PPO_CODE_VERSION = "1"
+
+
+class PpoConfig(dg.Config, PpoSettings):
+    pass
+
+
+def checkpoint_dir_for(artifacts_root: Path, config: PpoSettings, *inputs: Path) -> Path:
+    """A stable place per (config, inputs, code version), so re-running the same config after a crash resumes."""
+    key = json.dumps({
+        "settings": PpoSettings(**config.model_dump()).model_dump(),
+        "inputs": [str(Path(p).resolve()) for p in inputs],
+        "code_version": PPO_CODE_VERSION,
+    }, sort_keys=True)
+    return artifacts_root / ".checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dg.asset(group_name="models", code_version=PPO_CODE_VERSION, pool="gpu", kinds={"pytorch"})
+def ppo_policy(
+    context: dg.AssetExecutionContext,
+    config: PpoConfig,
+    sft_checkpoint: Path,
+    reward_model: Path,
+    ppo_prompts: Path,
+    artifacts: ArtifactStoreResource,
+) -> dg.Output:
+    """PPO policy (HF directory) + `value_model/`, `ppo_train_metrics.jsonl`, `ppo_summary.json`, `training_curves.png`."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
+    from pipeline.ppo import train_ppo
+
+    refuse_if_input_gates_failed(context)
+    prompts = [record["prompt"] for record in load_data(ppo_prompts)]
+    store = artifacts.store()
+    checkpoint_dir = checkpoint_dir_for(store.asset_dir("ppo_policy"), config, sft_checkpoint, reward_model, ppo_prompts)
+    context.log.info(f"PPO on {len(prompts)} prompts from {ppo_prompts}; checkpoints in {checkpoint_dir}")
+    with store.stage("ppo_policy") as staged:
+        summary = train_ppo(
+            sft_checkpoint, reward_model, prompts, staged.path, config, checkpoint_dir=checkpoint_dir,
+        )
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if summary["kl_to_sft"] > config.kl_bound:
+        context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={config.kl_bound}")
+    return artifact_output(staged.path, {
+        "rm_score_sft": summary["rm_score_sft"],
+        "rm_score_ppo": summary["rm_score_ppo"],
+        "kl_to_sft": summary["kl_to_sft"],
+        "kl_bound": config.kl_bound,
+        "response_length_sft": summary["response_length_sft"],
+        "response_length_ppo": summary["response_length_ppo"],
+        "response_length_ratio": summary["response_length_ratio"],
+        "n_steps": summary["n_steps"],
+        "episodes": summary["episodes"],
+        "episodes_per_second": summary["episodes_per_second"],
+        "resumed_from_step": summary["resumed_from_step"],
+        "training_curves": dg.MetadataValue.path(str(staged.path / CURVES_FILE)),
+        "samples": dg.MetadataValue.md(markdown_table(summary["samples"], max_chars=200)),
+    })

@@ -1,0 +1,555 @@
+"""InstructGPT-style PPO for RLHF, on torch + accelerate, readable top to bottom.
+
+Models: the actor pi_theta starts from the SFT checkpoint; the reference pi_ref is the frozen SFT
+model (or, with LoRA, the same network with its adapter disabled); the reward model r_phi is
+frozen; the value model V_psi starts from the reward model and reads a value at every token.
+
+One PPO step (`train_ppo`, steps 1-5):
+  1. rollout    y ~ pi_theta(.|x)^(1/T), truncated at the first EOS (later tokens are padding)
+  2. score      r_phi(x, y) at the EOS token; minus a penalty when there is no EOS
+  3. reward     R_t = r_phi(x,y) * 1[t=T] - beta * KL_t,  KL_t = log pi_theta(y_t) - log pi_ref(y_t) (k1)
+  4. advantage  GAE(gamma, lambda) on R_t and V_psi, whitened
+  5. update     several epochs over minibatches of the clipped policy loss + c_v * clipped value loss
+                (+ optional PPO-ptx SFT loss), with gradient clipping; dropout is off throughout.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.base_model import render_prompt
+from pipeline.device import select_device
+from pipeline.logprobs import response_logits, response_logprobs
+from pipeline.ppo_report import mean_or_nan
+from pipeline.ppo_rollout import (
+    Rollout,
+    encode_prompts,
+    reward_scores,
+    sample_responses,
+    token_values,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "ppo_train_metrics.jsonl"
+SUMMARY_FILE = "ppo_summary.json"
+CURVES_FILE = "training_curves.png"
+VALUE_MODEL_DIR = "value_model"
+CHECKPOINT_PATTERN = "step-*.pt"
+
+
+class PpoSettings(BaseModel):
+    """PPO hyperparameters; the `ppo_policy` asset's config extends this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    total_episodes: int = Field(768, gt=0, description="prompts answered during training (steps = total_episodes // batch_size)")
+    batch_size: int = Field(64, gt=0, description="prompts per rollout (one PPO step)")
+    minibatch_size: int = Field(32, gt=0, description="rollout rows per gradient step")
+    ppo_epochs: int = Field(2, gt=0, description="passes over each rollout")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of policy and value model")
+    max_new_tokens: int = Field(48, gt=0, description="maximum response length")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature; log-probs use the same scaling")
+    kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the reward")
+    adaptive_kl: bool = Field(False, description="adapt beta towards target_kl (Ziegler et al. 2019)")
+    target_kl: float = Field(4.0, gt=0, description="per-sequence KL the adaptive controller aims for")
+    kl_horizon: int = Field(10000, gt=0, description="adaptive controller horizon, in episodes")
+    kl_bound: float = Field(8.0, gt=0, description="mean per-sequence KL to SFT the final policy must stay under (quality gate)")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    clip_range: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
+    clip_range_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
+    value_coef: float = Field(0.1, ge=0, description="c_v: weight of the value loss")
+    max_grad_norm: float = Field(1.0, gt=0)
+    whiten_advantages: bool = True
+    normalize_rewards: bool = Field(False, description="whiten per-token rewards (scale only) before GAE")
+    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses with no EOS")
+    ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the SFT loss on ptx records (0 = off)")
+    ptx_batch_size: int = Field(8, gt=0)
+    use_lora: bool = Field(False, description="train a LoRA adapter; the reference is the base with the adapter off")
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    checkpoint_every: int = Field(5, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
+    n_eval_prompts: int = Field(16, ge=0, description="held-out prompts (the tail of ppo_prompts) for the SFT-vs-PPO evaluation")
+    n_eval_samples: int = Field(4, gt=0, description="sampled answers per held-out prompt")
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
+
+
+# --- the PPO equations ------------------------------------------------------------------------
+
+
+def maskedmean_or_nan(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; padding stays 0."""
+    mean = maskedmean_or_nan(values, mask)
+    variance = maskedmean_or_nan((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) at the sampled tokens."""
+    log_ratio = logprobs - ref_logprobs  # log pi_theta(y_t) - log pi_ref(y_t)
+    if estimator == "k1":
+        return log_ratio  # k1 = log(pi/pi_ref): unbiased, can be negative per token
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio  # k3 = (pi_ref/pi - 1) - log(pi_ref/pi) >= 0
+    raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
+
+
+def per_token_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, beta: float, last_index: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """R_t = r_phi(x,y) * 1[t = T] - beta * KL_t on response tokens, 0 on padding."""
+    rewards = -beta * kl * response_mask  # -beta * KL_t at every real token
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_index] += scores  # + r_phi(x, y) at the EOS (T = last real token)
+    return rewards
+
+
+def generalized_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE: A_t = sum_l (gamma*lam)^l delta_{t+l}, delta_t = R_t + gamma*V_{t+1} - V_t; returns = A + V."""
+    values = values * response_mask  # V after the last token is 0 (the episode ends at EOS)
+    rewards = rewards * response_mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # delta_t = R_t + gamma V_{t+1} - V_t
+        running = delta + gamma * lam * running  # A_t = delta_t + gamma lambda A_{t+1}
+        advantages[:, t] = running
+        next_value = values[:, t]
+    advantages = advantages * response_mask
+    return advantages, (advantages + values) * response_mask  # G_t = A_t + V_t (the value target)
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_clip = E[max(-A * rho, -A * clip(rho, 1-eps, 1+eps))], rho = pi_theta / pi_old. Returns (loss, clip fraction, approx KL)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)  # rho_t
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = maskedmean_or_nan(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_fraction = maskedmean_or_nan((clipped > unclipped).float(), mask)
+        approx_kl = maskedmean_or_nan(0.5 * log_ratio**2, mask)  # ~ KL(pi_old || pi_theta) for small steps
+    return loss, clip_fraction, approx_kl
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> torch.Tensor:
+    """L_V = 1/2 E[max((V - G)^2, (V_old + clip(V - V_old, -eps, eps) - G)^2)]."""
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * maskedmean_or_nan(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[G - V] / Var[G]: 1 is a perfect value function, 0 no better than a constant."""
+    target_var = maskedmean_or_nan((target - maskedmean_or_nan(target, mask)) ** 2, mask)
+    residual = target - predicted
+    residual_var = maskedmean_or_nan((residual - maskedmean_or_nan(residual, mask)) ** 2, mask)
+    return float(1 - residual_var / target_var) if target_var > 0 else float("nan")
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(l) - sum softmax(l) * l, per position."""
+    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+class AdaptiveKLController:
+    """beta <- beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
+
+    def __init__(self, beta: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = beta, target, horizon
+
+    def update(self, current_kl: float, n_episodes: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_episodes / self.horizon
+
+
+class FixedKLController:
+    def __init__(self, beta: float):
+        self.value = beta
+
+    def update(self, current_kl: float, n_episodes: int) -> None:
+        pass
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout would make the rollout's log-probs differ from the update's; InstructGPT trains without it."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.eval()
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    disable_dropout(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def load_models(sft_dir: Path, reward_model_dir: Path, settings: PpoSettings, device: torch.device, dtype: torch.dtype):
+    """(tokenizer, policy, reference or None with LoRA, reward model, value model)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    rm_tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"the reward model at {reward_model_dir} uses a different tokenizer than the SFT policy at "
+                         f"{sft_dir}; PPO scores token ids directly and needs the same vocabulary")
+    policy = AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True)
+    disable_dropout(policy)
+    reference = None
+    if settings.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(
+            r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+            target_modules="all-linear", task_type="CAUSAL_LM",
+        ))
+    else:
+        reference = freeze(copy.deepcopy(policy)).to(device, dtype)
+    reward_model = freeze(AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1, use_safetensors=True)).to(device, dtype)
+    value_model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=1, use_safetensors=True)
+    disable_dropout(value_model)
+    return tokenizer, policy.to(device), reference, reward_model, value_model.to(device)
+
+
+class ReferencePolicy:
+    """log pi_ref: the frozen SFT copy, or the LoRA policy with its adapter disabled."""
+
+    def __init__(self, policy, reference):
+        self.policy, self.reference = policy, reference
+
+    @torch.inference_mode()
+    def logprobs(self, input_ids, attention_mask, response_start, temperature) -> torch.Tensor:
+        if self.reference is not None:
+            return response_logprobs(self.reference, input_ids, attention_mask, response_start, temperature)
+        with self.policy.disable_adapter():
+            return response_logprobs(self.policy, input_ids, attention_mask, response_start, temperature)
+
+    def sampler(self):
+        """The module to sample SFT answers from (a context manager keeps the LoRA adapter off)."""
+        import contextlib
+
+        if self.reference is not None:
+            return contextlib.nullcontext(self.reference)
+        return _adapter_disabled(self.policy)
+
+
+class _adapter_disabled:
+    def __init__(self, policy):
+        self.policy, self._context = policy, policy.disable_adapter()
+
+    def __enter__(self):
+        self._context.__enter__()
+        return self.policy
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def split_eval_prompts(prompts: Sequence[str], n_eval: int) -> tuple[list[str], list[str]]:
+    """Train on the head of ppo_prompts, evaluate on the last `n_eval` (never trained on)."""
+    prompts = list(prompts)
+    n_eval = min(n_eval, len(prompts) // 2)
+    train, held_out = (prompts[: len(prompts) - n_eval], prompts[len(prompts) - n_eval :]) if n_eval else (prompts, [])
+    if not train:
+        raise ValueError(f"ppo_prompts has {len(prompts)} prompts: nothing left to train on")
+    return train, held_out
+
+
+def prompts_for_step(prompts: Sequence[str], step: int, batch_size: int, seed: int) -> list[str]:
+    """The step's batch from a stream of seeded shuffles (a function of the step, so resume replays it)."""
+    batch = []
+    for episode in range(step * batch_size, (step + 1) * batch_size):
+        epoch, index = divmod(episode, len(prompts))
+        order = list(range(len(prompts)))
+        random.Random(f"ppo-prompts:{seed}:{epoch}").shuffle(order)
+        batch.append(prompts[order[index]])
+    return batch
+
+
+def encode_ptx_records(tokenizer, records: Sequence[dict[str, Any]], device) -> list[tuple[torch.Tensor, int]]:
+    """(token ids of prompt + completion + EOS, prompt length) for the PPO-ptx SFT loss."""
+    encoded = []
+    for row, record in enumerate(records):
+        if "prompt" not in record or "completion" not in record:
+            raise ValueError(f"ptx record {row} needs 'prompt' and 'completion' fields, has {sorted(record)}")
+        prompt = tokenizer(render_prompt(tokenizer, record["prompt"]), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(record["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        encoded.append((torch.tensor(prompt + answer, device=device), len(prompt)))
+    return encoded
+
+
+def ptx_loss(policy, examples: list[tuple[torch.Tensor, int]], pad_token_id: int) -> torch.Tensor:
+    """Mean next-token NLL on completion tokens of a right-padded batch of SFT examples."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, device=examples[0][0].device)
+    labels = torch.full_like(input_ids, -100)
+    for row, (ids, prompt_length) in enumerate(examples):
+        input_ids[row, : len(ids)] = ids
+        labels[row, prompt_length : len(ids)] = ids[prompt_length:]
+    attention_mask = (labels != -100) | (torch.arange(width, device=input_ids.device)[None] < torch.tensor(
+        [len(ids) for ids, _ in examples], device=input_ids.device)[:, None])
+    return policy(input_ids=input_ids, attention_mask=attention_mask.long(), labels=labels).loss
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    if checkpoint_dir is None or not checkpoint_dir.exists():
+        return None
+    found = sorted(checkpoint_dir.glob(CHECKPOINT_PATTERN))
+    return found[-1] if found else None
+
+
+def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename) so a crash mid-write never leaves a corrupt latest checkpoint."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / f"step-{state['step']:06d}.pt"
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+    for older in checkpoint_dir.glob(CHECKPOINT_PATTERN):
+        if older != path:
+            older.unlink(missing_ok=True)
+    return path
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def train_ppo(
+    sft_dir: Path,
+    reward_model_dir: Path,
+    prompts: Sequence[str],
+    output_dir: Path,
+    settings: PpoSettings,
+    ptx_records: Sequence[dict[str, Any]] | None = None,
+    checkpoint_dir: Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the PPO policy; write the HF policy dir, `value_model/`, metrics, summary and curves to `output_dir`.
+
+    Returns the summary (also written to `ppo_summary.json`). With `checkpoint_dir`, a checkpoint is
+    saved every `checkpoint_every` steps and training resumes from the latest one found there.
+    """
+    from accelerate import Accelerator
+
+    from pipeline.ppo_report import evaluate_against_reference, plot_training_curves, save_models
+
+    if settings.minibatch_size > settings.batch_size or settings.batch_size % settings.minibatch_size:
+        raise ValueError(f"batch_size={settings.batch_size} must be a multiple of minibatch_size={settings.minibatch_size}")
+    n_steps = settings.total_episodes // settings.batch_size
+    if n_steps == 0:
+        raise ValueError(f"total_episodes={settings.total_episodes} is smaller than batch_size={settings.batch_size}")
+    if settings.ptx_coef > 0 and not ptx_records:
+        raise ValueError("ptx_coef > 0 needs ptx_records (prompt, completion) to mix in the SFT loss")
+    choice = select_device(settings.device)
+    accelerator = Accelerator(cpu=choice.device.type == "cpu", mixed_precision="bf16" if choice.use_bf16 else "no")
+    device = accelerator.device
+    torch.manual_seed(settings.seed)
+    tokenizer, policy, reference, reward_model, value_model = load_models(
+        sft_dir, reward_model_dir, settings, device, choice.dtype
+    )
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    train_prompts, eval_prompts = split_eval_prompts(prompts, settings.n_eval_prompts)
+    ptx_examples = encode_ptx_records(tokenizer, ptx_records or [], device) if settings.ptx_coef > 0 else []
+    trainable = [p for p in [*policy.parameters(), *value_model.parameters()] if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
+    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+    reference_policy = ReferencePolicy(accelerator.unwrap_model(policy), reference)
+    kl_controller = (
+        AdaptiveKLController(settings.kl_coef, settings.target_kl, settings.kl_horizon)
+        if settings.adaptive_kl else FixedKLController(settings.kl_coef)
+    )
+    # Reusing the sampling log-probs as pi_old is exact in fp32 without dropout; under bf16 autocast
+    # the cached incremental forward can round differently, so recompute them there.
+    recompute_old_logprobs = choice.use_bf16
+
+    start_step, history = 0, []
+    resume_from = latest_checkpoint(checkpoint_dir)
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=device, weights_only=False)
+        accelerator.unwrap_model(policy).load_state_dict(state["policy"])
+        accelerator.unwrap_model(value_model).load_state_dict(state["value_model"])
+        optimizer.load_state_dict(state["optimizer"])
+        kl_controller.value = state["beta"]
+        start_step, history = state["step"], state["history"]
+        logger.info(f"PPO resumes from {resume_from} at step {start_step}/{n_steps}")
+
+    started = time.perf_counter()
+    for step in range(start_step, n_steps):
+        step_started = time.perf_counter()
+        generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + step)
+        beta = kl_controller.value
+
+        # 1. rollout: y ~ pi_theta(.|x)^(1/T), truncated at the first EOS
+        batch = encode_prompts(tokenizer, prompts_for_step(train_prompts, step, settings.batch_size, settings.seed), device)
+        policy.eval()
+        with accelerator.autocast():
+            rollout = sample_responses(accelerator.unwrap_model(policy), batch, settings.max_new_tokens,
+                                       settings.temperature, eos_id, pad_id, generator)
+        mask = rollout.response_mask.float()
+        input_ids, attention_mask, start = rollout.input_ids, rollout.attention_mask, rollout.query_ids.shape[1]
+
+        with torch.inference_mode(), accelerator.autocast():
+            old_logprobs = (response_logprobs(policy, input_ids, attention_mask, start, settings.temperature)
+                            if recompute_old_logprobs else rollout.logprobs) * mask
+            ref_logprobs = reference_policy.logprobs(input_ids, attention_mask, start, settings.temperature) * mask
+            # 2. score: r_phi(x, y) read at the EOS token; responses without EOS are penalised
+            scores = reward_scores(reward_model, rollout)
+            ended = rollout.ended_with_eos(eos_id)
+            penalised_scores = scores - settings.missing_eos_penalty * (~ended).float()
+            old_values = token_values(value_model, input_ids, attention_mask, start) * mask
+
+        # 3. per-token reward: R_t = r_phi(x,y) * 1[t=T] - beta * KL_t
+        kl = per_token_kl(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
+        rewards = per_token_rewards(penalised_scores, kl, beta, rollout.last_index, mask)
+        if settings.normalize_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+
+        # 4. GAE on R_t and V_psi(s_t), then whitened advantages
+        advantages, returns = generalized_advantages(rewards, old_values, mask, settings.gamma, settings.lam)
+        if settings.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        old_logprobs, advantages, returns = old_logprobs.clone(), advantages.clone(), returns.clone()
+        old_values = old_values.clone()
+
+        # 5. PPO update: several epochs over shuffled minibatches of the rollout
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy", "ptx_loss")}
+        shuffler = torch.Generator().manual_seed(settings.seed * 7919 + step)
+        for _ in range(settings.ppo_epochs):
+            order = torch.randperm(settings.batch_size, generator=shuffler).to(device)
+            for mb_start in range(0, settings.batch_size, settings.minibatch_size):
+                rows = order[mb_start : mb_start + settings.minibatch_size]
+                mb_mask = mask[rows]
+                width = max(int(mb_mask.sum(1).max()), 1)  # drop response columns that are padding in every row
+                mb_ids = input_ids[rows, : start + width]
+                mb_attention = attention_mask[rows, : start + width]
+                mb_mask = mb_mask[:, :width]
+                with accelerator.autocast():
+                    logits = response_logits(policy, mb_ids, mb_attention, start).float() / settings.temperature
+                    logprobs = torch.log_softmax(logits, -1).gather(-1, mb_ids[:, start:, None]).squeeze(-1)
+                    pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
+                        logprobs, old_logprobs[rows, :width], advantages[rows, :width], mb_mask, settings.clip_range
+                    )
+                    values = token_values(value_model, mb_ids, mb_attention, start)
+                    vf_loss = clipped_value_loss(
+                        values, old_values[rows, :width], returns[rows, :width], mb_mask, settings.clip_range_value
+                    )
+                    loss = pg_loss + settings.value_coef * vf_loss  # L = L_clip + c_v * L_V
+                    if ptx_examples:
+                        picks = torch.randint(len(ptx_examples), (settings.ptx_batch_size,), generator=shuffler)
+                        sft_loss = ptx_loss(policy, [ptx_examples[i] for i in picks], pad_id)
+                        loss = loss + settings.ptx_coef * sft_loss  # PPO-ptx: + gamma_ptx * L_SFT
+                        stats["ptx_loss"].append(sft_loss.item())
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    stats["entropy"].append(float(maskedmean_or_nan(entropy_from_logits(logits), mb_mask)))
+                stats["policy_loss"].append(pg_loss.item())
+                stats["value_loss"].append(vf_loss.item())
+                stats["clip_fraction"].append(clip_fraction.item())
+                stats["approx_kl"].append(approx_kl.item())
+
+        sequence_kl = kl.sum(1).mean().item()
+        kl_controller.update(sequence_kl, settings.batch_size)
+        record = {
+            "step": step + 1,
+            "episodes": (step + 1) * settings.batch_size,
+            "rm_score": scores.mean().item(),
+            "kl": sequence_kl,
+            "total_reward": rewards.sum(1).mean().item(),
+            "entropy": mean_or_nan(stats["entropy"]),
+            "response_length": rollout.response_lengths.float().mean().item(),
+            "no_eos_fraction": (~ended).float().mean().item(),
+            "clip_fraction": mean_or_nan(stats["clip_fraction"]),
+            "approx_kl": mean_or_nan(stats["approx_kl"]),
+            "value_loss": mean_or_nan(stats["value_loss"]),
+            "policy_loss": mean_or_nan(stats["policy_loss"]),
+            "ptx_loss": mean_or_nan(stats["ptx_loss"]) if stats["ptx_loss"] else None,
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "beta": beta,
+            "step_seconds": time.perf_counter() - step_started,
+        }
+        history.append(record)
+        logger.info(
+            f"PPO step {step + 1}/{n_steps}: rm_score {record['rm_score']:.3f} kl {record['kl']:.3f} "
+            f"len {record['response_length']:.1f} clip {record['clip_fraction']:.3f} ({record['step_seconds']:.1f}s)"
+        )
+        if checkpoint_dir is not None and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and step + 1 < n_steps:
+            save_checkpoint(checkpoint_dir, {
+                "step": step + 1,
+                "policy": accelerator.unwrap_model(policy).state_dict(),
+                "value_model": accelerator.unwrap_model(value_model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "beta": kl_controller.value,
+                "history": history,
+            })
+        if on_step is not None:
+            on_step(record)
+    train_seconds = time.perf_counter() - started
+
+    policy = accelerator.unwrap_model(policy)
+    value_model = accelerator.unwrap_model(value_model)
+    evaluation = evaluate_against_reference(
+        policy, reference_policy, reward_model, tokenizer, eval_prompts or train_prompts[: settings.n_eval_prompts or 8],
+        settings, device,
+    )
+    output_dir = Path(output_dir)
+    save_models(policy, value_model, tokenizer, output_dir, settings.use_lora)
+    with open(output_dir / METRICS_FILE, "w") as handle:
+        for record in history:
+            handle.write(json.dumps(record) + "\n")
+    plot_training_curves(history, output_dir / CURVES_FILE)
+    summary = {
+        **evaluation,
+        "kl_bound": settings.kl_bound,
+        "n_steps": n_steps,
+        "episodes": n_steps * settings.batch_size,
+        "resumed_from_step": start_step,
+        "train_seconds": train_seconds,
+        "episodes_per_second": (n_steps - start_step) * settings.batch_size / train_seconds if train_seconds > 0 else None,
+        "n_train_prompts": len(train_prompts),
+        "n_eval_prompts": len(eval_prompts),
+        "final_beta": kl_controller.value,
+        "settings": settings.model_dump(),
+    }
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,167 @@
+"""PPO rollouts: sampling with a KV cache, truncation at EOS, and per-token scalar heads.
+
+A rollout batch is laid out as `[left-padded prompt | response]`. Everything after the first
+EOS of a response is replaced by the pad token and masked out of every loss and statistic, so
+downstream code only ever has to look at `response_mask`.
+
+Reward and value models are `AutoModelForSequenceClassification`-style: a backbone plus a linear
+`score` head. The RM reads its scalar at one position (the EOS); the value model applies the same
+kind of head at every response position. Both read token ids directly: the RM shares the policy's
+tokenizer, so there is no decode / re-tokenize round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.base_model import render_prompt
+from pipeline.logprobs import position_ids_for
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded, chat-rendered prompts."""
+
+    input_ids: torch.Tensor  # (B, P)
+    attention_mask: torch.Tensor  # (B, P)
+
+
+@dataclass
+class Rollout:
+    """Sampled responses, already truncated at the first EOS."""
+
+    query_ids: torch.Tensor  # (B, P) left-padded prompt
+    query_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, R) pad after the first EOS
+    response_mask: torch.Tensor  # (B, R) 1 on real response tokens, EOS included
+    logprobs: torch.Tensor  # (B, R) log pi(y_t | x, y_<t) at sampling time (temperature-scaled)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1)
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        """Response index of the EOS (or of the last token when there is no EOS): where the RM reads."""
+        return (self.response_lengths - 1).clamp(min=0)
+
+    def ended_with_eos(self, eos_token_id: int) -> torch.Tensor:
+        return self.response_ids.gather(1, self.last_index[:, None]).squeeze(1) == eos_token_id
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> PromptBatch:
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError("PPO needs a tokenizer whose pad token exists and differs from its eos token")
+    tokenizer.padding_side = "left"
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return PromptBatch(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+
+
+@torch.inference_mode()
+def sample_responses(
+    policy,
+    prompts: PromptBatch,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample y ~ pi(.|x)^(1/T) token by token with a KV cache; stop when every row has emitted EOS.
+
+    The log-probabilities of the sampled tokens come for free from the sampling logits; with
+    dropout off they equal those of a full forward pass (up to float rounding), so PPO can use
+    them as the "old" log-probabilities.
+    """
+    from transformers import DynamicCache
+
+    batch_size = prompts.input_ids.shape[0]
+    device = prompts.input_ids.device
+    attention_mask = prompts.attention_mask
+    positions = position_ids_for(attention_mask)
+    cache = DynamicCache(config=getattr(policy, "config", None))
+    output = policy(
+        input_ids=prompts.input_ids, attention_mask=attention_mask, position_ids=positions,
+        past_key_values=cache, use_cache=True, logits_to_keep=1,
+    )
+    next_position = positions[:, -1:] + 1
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    tokens, token_logprobs = [], []
+    for _ in range(max_new_tokens):
+        logprobs_all = torch.log_softmax(output.logits[:, -1].float() / temperature, dim=-1)
+        token = torch.multinomial(logprobs_all.exp(), 1, generator=generator).squeeze(1)
+        token = token.masked_fill(finished, pad_token_id)  # rows that already ended only get padding
+        tokens.append(token)
+        token_logprobs.append(logprobs_all.gather(1, token[:, None]).squeeze(1))
+        finished |= token == eos_token_id
+        if bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        output = policy(
+            input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+            past_key_values=output.past_key_values, use_cache=True,
+        )
+        next_position = next_position + 1
+    response_ids = torch.stack(tokens, dim=1)
+    response_mask = response_mask_from_ids(response_ids, eos_token_id)
+    response_ids = response_ids.masked_fill(response_mask == 0, pad_token_id)
+    return Rollout(prompts.input_ids, prompts.attention_mask, response_ids, response_mask,
+                   torch.stack(token_logprobs, dim=1).masked_fill(response_mask == 0, 0.0))
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it (the whole row when there is none)."""
+    is_eos = (response_ids == eos_token_id).long()
+    eos_seen_before = is_eos.cumsum(1) - is_eos  # number of EOS strictly before each column
+    return (eos_seen_before == 0).long()
+
+
+def score_head(model) -> torch.nn.Module:
+    """The linear head of a sequence-classification model (`score` in Llama, Qwen, Mistral, GPT-NeoX...)."""
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no `score` head; PPO expects a scalar-head "
+                         "AutoModelForSequenceClassification reward model (num_labels=1)")
+    return head
+
+
+def backbone_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of a sequence-classification model's backbone, (B, L, H)."""
+    backbone = getattr(model, model.base_model_prefix)
+    return backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
+    ).last_hidden_state
+
+
+def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
+    """V(s_t) for every response column t: the score head on the hidden state just before token t, (B, R)."""
+    hidden = backbone_hidden_states(value_model, input_ids, attention_mask)
+    return score_head(value_model)(hidden[:, response_start - 1 : -1]).squeeze(-1).float()
+
+
+@torch.inference_mode()
+def reward_scores(reward_model, rollout: Rollout) -> torch.Tensor:
+    """r_phi(x, y): the RM's scalar at the response's EOS (or last) token, (B,)."""
+    hidden = backbone_hidden_states(reward_model, rollout.input_ids, rollout.attention_mask)
+    eos_column = rollout.query_ids.shape[1] + rollout.last_index
+    at_eos = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_column]
+    return score_head(reward_model)(at_eos).squeeze(-1).float()
+
+
+def trim_padding_columns(rollout: Rollout) -> Rollout:
+    """Drop response columns that are padding in every row (all rows ended earlier)."""
+    width = max(int(rollout.response_lengths.max()), 1)
+    return Rollout(rollout.query_ids, rollout.query_mask, rollout.response_ids[:, :width],
+                   rollout.response_mask[:, :width], rollout.logprobs[:, :width])

@@ -1,0 +1,210 @@
+"""PPO: the equations on hand-computed examples, rollouts, and short training runs on a tiny SFT + RM."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import pipeline.ppo as ppo
+from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+from pipeline.data_generator import pretraining_text, prompt_records
+from pipeline.logprobs import response_logprobs
+from pipeline.ppo import (
+    PpoSettings,
+    generalized_advantages,
+    per_token_kl,
+    per_token_rewards,
+    train_ppo,
+)
+from pipeline.ppo_rollout import (
+    encode_prompts,
+    reward_scores,
+    response_mask_from_ids,
+    sample_responses,
+)
+
+SPEC = TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+# A one-token bandit: the RM scores the sampled token, which PPO can learn within a few steps.
+FAST = dict(batch_size=32, minibatch_size=16, ppo_epochs=2, max_new_tokens=1, learning_rate=1e-2, temperature=1.0,
+            missing_eos_penalty=0.0, n_eval_prompts=4, n_eval_samples=8, checkpoint_every=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A random tiny Llama as the SFT policy, and an RM sharing its tokenizer with a large random score head."""
+    root = tmp_path_factory.mktemp("ppo-models")
+    tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=512)
+    sft = build_tiny_llama(tokenizer, SPEC, seed=0)
+    sft.save_pretrained(root / "sft")
+    tokenizer.save_pretrained(root / "sft")
+    torch.manual_seed(1)
+    rm = AutoModelForSequenceClassification.from_pretrained(root / "sft", num_labels=1)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    rm.save_pretrained(root / "rm")
+    tokenizer.save_pretrained(root / "rm")
+    prompts = [r["prompt"] for r in prompt_records(24, 0, "ppo")]
+    return root / "sft", root / "rm", prompts
+
+
+def test_gae_matches_a_hand_computed_example():
+    rewards = torch.tensor([[0.0, 0.5, 1.0, 9.0]])
+    values = torch.tensor([[0.2, 0.4, 0.6, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last column is padding: ignored
+    gamma, lam = 0.9, 0.8
+    # delta_2 = 1.0 + 0.9*0 - 0.6 = 0.4;  A_2 = 0.4
+    # delta_1 = 0.5 + 0.9*0.6 - 0.4 = 0.64;  A_1 = 0.64 + 0.72*0.4 = 0.928
+    # delta_0 = 0.0 + 0.9*0.4 - 0.2 = 0.16;  A_0 = 0.16 + 0.72*0.928 = 0.82816
+    advantages, returns = generalized_advantages(rewards, values, mask, gamma, lam)
+    assert torch.allclose(advantages, torch.tensor([[0.82816, 0.928, 0.4, 0.0]]), atol=1e-6)
+    assert torch.allclose(returns, torch.tensor([[1.02816, 1.328, 1.0, 0.0]]), atol=1e-6)
+
+
+def test_per_token_reward_has_the_score_at_eos_only_and_kl_on_every_response_token():
+    eos, pad = 2, 0
+    response_ids = torch.tensor([[5, 6, eos, 7, 8], [5, 6, 7, 8, 9]])
+    mask = response_mask_from_ids(response_ids, eos).float()
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -3.0], [-1.0, -1.0, -1.0, -1.0, -1.0]])
+    ref_logprobs = torch.tensor([[-1.5, -1.0, -0.5, -0.1, -0.1], [-2.0, -2.0, -2.0, -2.0, -2.0]])
+    kl = per_token_kl(logprobs, ref_logprobs, "k1") * mask
+    last_index = (mask.sum(1) - 1).long()
+    rewards = per_token_rewards(torch.tensor([3.0, -1.0]), kl, 0.1, last_index, mask)
+    expected = torch.tensor([
+        [-0.1 * 0.5, -0.1 * -1.0, 3.0 - 0.1 * 0.0, 0.0, 0.0],  # score at the EOS (index 2); nothing on padding
+        [-0.1, -0.1, -0.1, -0.1, -1.0 - 0.1],  # no EOS: score at the last token
+    ])
+    assert torch.allclose(rewards, expected, atol=1e-6)
+    k3 = per_token_kl(logprobs, ref_logprobs, "k3")
+    assert (k3 >= 0).all() and torch.allclose(k3[0, 2], torch.tensor(0.0))
+
+
+def test_rollouts_are_truncated_at_eos_and_their_logprobs_equal_a_full_forward(tiny_models):
+    sft_dir, rm_dir, prompts = tiny_models
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    eos_bias = torch.zeros(len(tokenizer))
+    eos_bias[tokenizer.eos_token_id] = 4.0  # make EOS likely so that some rows stop early
+    model.lm_head.register_forward_hook(lambda module, inputs, logits: logits + eos_bias)
+    batch = encode_prompts(tokenizer, prompts[:8], torch.device("cpu"))
+    rollout = sample_responses(model, batch, 12, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                               torch.Generator().manual_seed(0))
+    ended = rollout.ended_with_eos(tokenizer.eos_token_id)
+    assert ended.any(), "the test needs some responses that end with EOS"
+    for ids, mask in zip(rollout.response_ids.tolist(), rollout.response_mask.tolist()):
+        real = [t for t, m in zip(ids, mask) if m]
+        assert all(t == tokenizer.pad_token_id for t, m in zip(ids, mask) if not m), "after EOS only padding"
+        assert tokenizer.eos_token_id not in real[:-1], "the mask ends at the first EOS"
+    full = response_logprobs(model, rollout.input_ids, rollout.attention_mask, batch.input_ids.shape[1])
+    mask = rollout.response_mask.bool()
+    assert torch.allclose(rollout.logprobs[mask], full[mask], atol=1e-4)
+
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    with torch.no_grad():  # HF's own pooling reads the last non-pad token: the EOS, or the last token
+        expected = rm(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                      position_ids=(rollout.attention_mask.cumsum(1) - 1).clamp(min=0)).logits[:, 0]
+    assert torch.allclose(reward_scores(rm, rollout), expected, atol=1e-5)
+
+
+def _capture_models(monkeypatch):
+    captured = {}
+    original = ppo.load_models
+
+    def load_and_capture(*args, **kwargs):
+        models = original(*args, **kwargs)
+        captured["models"] = models
+        captured["before"] = {name: {k: v.detach().clone() for k, v in model.state_dict().items()}
+                              for name, model in zip(("reference", "reward_model"), models[2:4])}
+        return models
+
+    monkeypatch.setattr(ppo, "load_models", load_and_capture)
+    return captured
+
+
+def test_training_raises_the_rm_score_with_bounded_kl_and_leaves_frozen_models_alone(tiny_models, tmp_path, monkeypatch):
+    sft_dir, rm_dir, prompts = tiny_models
+    captured = _capture_models(monkeypatch)
+    summary = train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(total_episodes=320, kl_coef=0.05, **FAST))
+
+    history = [json.loads(line) for line in (tmp_path / "ppo_train_metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 10
+    required = {"step", "episodes", "rm_score", "kl", "total_reward", "entropy", "response_length", "clip_fraction",
+                "approx_kl", "value_loss", "policy_loss", "explained_variance", "beta"}
+    assert required <= set(history[0])
+    early = sum(r["rm_score"] for r in history[:3]) / 3
+    late = sum(r["rm_score"] for r in history[-3:]) / 3
+    assert late > early + 0.5, f"RM score should rise over training: {early:.2f} -> {late:.2f}"
+    assert summary["rm_score_ppo"] > summary["rm_score_sft"]
+    assert max(r["kl"] for r in history) < 3.0 and summary["kl_to_sft"] < 3.0
+
+    _, policy, reference, reward_model, _ = captured["models"]
+    for name, model in (("reference", reference), ("reward_model", reward_model)):
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, captured["before"][name][key]), f"{name}.{key} changed during PPO"
+    sft = AutoModelForCausalLM.from_pretrained(sft_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(policy.state_dict().values(), sft.state_dict().values()))
+
+    # the artifact layout other stages load
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token_id is not None
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "value_model").config.num_labels == 1
+    assert torch.equal(trained.lm_head.weight, policy.lm_head.weight)
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    written = json.loads((tmp_path / "ppo_summary.json").read_text())
+    assert written["kl_bound"] == 8.0 and "response_length_ratio" in written
+
+
+def test_a_very_large_beta_keeps_the_policy_at_the_reference(tiny_models, tmp_path):
+    sft_dir, rm_dir, prompts = tiny_models
+    summary = train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(total_episodes=192, kl_coef=1000.0, **FAST))
+    history = [json.loads(line) for line in (tmp_path / "ppo_train_metrics.jsonl").read_text().splitlines()]
+    assert abs(summary["kl_to_sft"]) < 0.1
+    assert all(abs(r["kl"]) < 0.1 for r in history)
+
+
+def test_training_resumes_from_the_latest_checkpoint(tiny_models, tmp_path):
+    sft_dir, rm_dir, prompts = tiny_models
+    settings = PpoSettings(total_episodes=96, **{**FAST, "checkpoint_every": 1, "n_eval_samples": 1})
+    uninterrupted = train_ppo(sft_dir, rm_dir, prompts, tmp_path / "a", settings)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_2(record):
+        if record["step"] == 2:
+            raise Crash
+
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(Crash):
+        train_ppo(sft_dir, rm_dir, prompts, tmp_path / "b", settings, checkpoint_dir=checkpoints, on_step=crash_after_step_2)
+    assert [p.name for p in checkpoints.glob("*.pt")] == ["step-000002.pt"]
+    resumed = train_ppo(sft_dir, rm_dir, prompts, tmp_path / "b", settings, checkpoint_dir=checkpoints)
+    assert resumed["resumed_from_step"] == 2
+
+    def last_record(directory):
+        return json.loads((directory / "ppo_train_metrics.jsonl").read_text().splitlines()[-1])
+
+    a, b = last_record(tmp_path / "a"), last_record(tmp_path / "b")
+    for key in ("rm_score", "kl", "value_loss", "policy_loss"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    assert uninterrupted["rm_score_ppo"] == pytest.approx(resumed["rm_score_ppo"], rel=1e-4, abs=1e-5)
+
+
+def test_lora_with_ptx_trains_and_saves_a_merged_policy(tiny_models, tmp_path):
+    sft_dir, rm_dir, prompts = tiny_models
+    ptx_records = [{"prompt": "What is PPO?", "completion": "A policy-gradient method."}] * 4
+    settings = PpoSettings(total_episodes=64, use_lora=True, ptx_coef=0.5, ptx_batch_size=2,
+                           **{**FAST, "n_eval_samples": 1})
+    train_ppo(sft_dir, rm_dir, prompts, tmp_path, settings, ptx_records=ptx_records)
+    history = [json.loads(line) for line in (tmp_path / "ppo_train_metrics.jsonl").read_text().splitlines()]
+    assert abs(history[0]["kl"]) < 1e-5, "with the adapter disabled the reference equals the starting policy"
+    assert all(r["ptx_loss"] > 0 for r in history)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path)  # a plain causal LM, no adapter files needed
+    assert not any("lora" in name for name in merged.state_dict())
+
+
+def test_settings_reject_a_batch_that_minibatches_do_not_divide(tiny_models, tmp_path):
+    sft_dir, rm_dir, prompts = tiny_models
+    with pytest.raises(ValueError, match="multiple of minibatch_size"):
+        train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(batch_size=10, minibatch_size=4, device="cpu"))
