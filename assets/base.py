@@ -87,7 +87,7 @@ def base_probe(
     from pipeline.generation import generate
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model, use_safetensors=True)
     generations = generate(model, tokenizer, PROBE_PROMPTS, max_new_tokens=config.max_new_tokens)
     rows = [
         {"prompt": g.prompt, "response": g.response, "ended_with_eos": g.ended_with_eos, "n_tokens": g.n_tokens}

@@ -219,7 +219,7 @@ def _load_policy(model_dir: Path, choice):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype).to(choice.device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True).to(choice.device).eval()
     return model, tokenizer
 
 
@@ -296,7 +296,7 @@ def evaluate(
 
     log("scoring every answer with the reward model and the rule checker")
     reward_tokenizer = AutoTokenizer.from_pretrained(reward_dir)
-    reward = AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=choice.dtype).to(choice.device)
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_dir, dtype=choice.dtype, use_safetensors=True).to(choice.device)
     for name in MODELS:
         scores = score(reward, reward_tokenizer, prompts, [a.response for a in answers[name]], batch_size=settings.batch_size)
         for answer, value, task in zip(answers[name], scores, tasks):

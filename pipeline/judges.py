@@ -224,7 +224,7 @@ def hf_completion(model_dir: str, max_new_tokens: int = 64, device: str = "auto"
 
     choice = select_device(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype).to(choice.device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True).to(choice.device)
 
     def complete_batch(texts: Sequence[str]) -> list[str]:
         generations = generate(

@@ -16,6 +16,7 @@ import dagster as dg
 
 from pipeline.artifacts import ArtifactStore, content_hash, directory_size
 from pipeline.provenance import provenance_metadata
+from pipeline.safety import redact_metadata
 
 ARTIFACT_PATH_KEY = "artifact_path"
 CONTENT_HASH_KEY = "content_hash"
@@ -59,17 +60,18 @@ def artifact_output(path: Path, metadata: dict[str, Any]) -> dg.Output:
     """The asset's return value: the artifact path, with its hash as the data version.
 
     Also records the lineage keys of `pipeline.provenance` (code version, git state, config hash,
-    DVC record) for the asset being materialized.
+    DVC record) for the asset being materialized. Access tokens and other secrets (in the recorded
+    config, say) are masked: metadata is shown in the web UI and kept in the instance for good.
     """
     digest = content_hash(path)
     return dg.Output(
         value=path,
         data_version=dg.DataVersion(digest),
-        metadata={
+        metadata=redact_metadata({
             ARTIFACT_PATH_KEY: dg.MetadataValue.path(str(path)),
             CONTENT_HASH_KEY: digest,
             "size_bytes": directory_size(path),
             **provenance_metadata(path),
             **metadata,
-        },
+        }),
     )

@@ -150,7 +150,7 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     train, held_out = split_held_out(pairs, settings.held_out_fraction, settings.seed)
     n_dropped = count_too_long(tokenizer, train, settings.max_length)
