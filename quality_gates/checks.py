@@ -86,6 +86,13 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -
     return dg.MetadataValue.md(markdown_table(rows[:FIRST_ROWS], columns=columns, max_chars=160))
 
 
+def _summary(context: dg.AssetCheckExecutionContext, problems: list[str], passing: str) -> str:
+    """The check's one-line description (what failed, or the measured values), also logged."""
+    text = "; ".join(problems) or passing
+    context.log.info(f"{context.check_specs[0].key.to_user_string()}: {text}")
+    return text
+
+
 def _result(passed: bool, summary: str, metadata: dict[str, Any], severity: str = "ERROR") -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=passed,
@@ -168,11 +175,10 @@ def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBias
     pairs = _records(data)
     stats = measure_length_bias(pairs)
     problems = length_bias_violations(stats, config)
-    summary = "; ".join(problems) or (
+    summary = _summary(context, problems, (
         f"fraction_chosen_longer={stats['fraction_chosen_longer']:.3f}, "
         f"length_label_correlation={stats['length_label_correlation']:.3f} within bounds"
-    )
-    context.log.info(f"preference_data length_bias: {summary}")
+    ))
     metadata: dict[str, Any] = {
         **{k: v for k, v in stats.items()},
         "max_fraction_chosen_longer": config.max_fraction_chosen_longer,
@@ -194,14 +200,11 @@ def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMargin
     rm_eval = json.loads((Path(model_dir) / RM_EVAL_FILE).read_text())
     problems = reward_margin_violations(rm_eval, config)
     n_held_out = rm_eval.get("n_held_out")
-    severity = gate_severity("ERROR", n_held_out, config.min_held_out_pairs)
-    if problems and severity == "WARN":
-        problems.insert(0, f"only {n_held_out} held-out pairs (< min_held_out_pairs={config.min_held_out_pairs}), so not blocking")
-    summary = "; ".join(problems) or (
+    severity = gate_severity(problems, "ERROR", n_held_out, config.min_held_out_pairs, "held-out pairs")
+    summary = _summary(context, problems, (
         f"held_out_accuracy={rm_eval['held_out_accuracy']:.3f}, mean_margin={rm_eval['mean_margin']:.3f}, "
         f"reward_length_correlation={rm_eval['reward_length_correlation']:.3f} within bounds"
-    )
-    context.log.info(f"reward_model rm_margin: {summary}")
+    ))
     metadata: dict[str, Any] = {
         "held_out_accuracy": rm_eval["held_out_accuracy"],
         "mean_margin": rm_eval["mean_margin"],
@@ -232,14 +235,11 @@ def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConf
     problems = ppo_guard_violations(summary, config)
     bound = kl_bound_for(summary, config)
     n_answers = summary.get("n_eval_answers")
-    severity = gate_severity(config.severity, n_answers, config.min_eval_answers)
-    if problems and severity != config.severity:
-        problems.insert(0, f"only {n_answers} evaluation answers (< min_eval_answers={config.min_eval_answers}), so not blocking")
-    text = "; ".join(problems) or (
+    severity = gate_severity(problems, config.severity, n_answers, config.min_eval_answers, "evaluation answers")
+    text = _summary(context, problems, (
         f"kl_to_sft={summary['kl_to_sft']:.3f} <= {bound:.3f}, "
         f"response_length_ratio={summary['response_length_ratio']:.3f} within bounds"
-    )
-    context.log.info(f"ppo_policy ppo_guard: {text}")
+    ))
     metadata: dict[str, Any] = {
         "kl_to_sft": summary["kl_to_sft"],
         "kl_bound": bound,

@@ -34,11 +34,16 @@ class RewardMarginSettings(BaseModel):
     )
 
 
-def gate_severity(severity: str, n_evidence: int | None, min_evidence: int) -> str:
-    """WARN instead of the configured severity when the measurement rests on too few samples to block on."""
-    if n_evidence is not None and n_evidence < min_evidence:
-        return "WARN"
-    return severity
+def gate_severity(problems: list[str], severity: str, n_evidence: int | None, min_evidence: int, what: str) -> str:
+    """WARN instead of the configured severity when the measurement rests on too few samples to block on.
+
+    When a failure is downgraded, the reason goes first into `problems`.
+    """
+    if n_evidence is None or n_evidence >= min_evidence or severity == "WARN":
+        return severity
+    if problems:
+        problems.insert(0, f"only {n_evidence} {what} (< {min_evidence}), so not blocking")
+    return "WARN"
 
 
 def reward_margin_violations(rm_eval: dict[str, Any], settings: RewardMarginSettings) -> list[str]:

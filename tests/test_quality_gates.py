@@ -190,6 +190,8 @@ def test_ppo_guard_bounds_kl_and_length_growth():
 
 
 def test_thin_evidence_downgrades_a_model_gate_to_a_warning():
-    assert gate_severity("ERROR", 10, 30) == "WARN"
-    assert gate_severity("ERROR", 60, 30) == "ERROR"
-    assert gate_severity("ERROR", None, 30) == "ERROR"  # an artifact that does not say how many: enforce
+    problems = ["held_out_accuracy=0.600 is below 0.750"]
+    assert gate_severity(problems, "ERROR", 10, 30, "held-out pairs") == "WARN"
+    assert problems[0] == "only 10 held-out pairs (< 30), so not blocking"
+    assert gate_severity([], "ERROR", 60, 30, "held-out pairs") == "ERROR"
+    assert gate_severity([], "ERROR", None, 30, "held-out pairs") == "ERROR"  # an artifact that does not say: enforce
