@@ -24,6 +24,14 @@ from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
 
 pytestmark = pytest.mark.slow
 
+SMALLER = {
+    "base_model": {"pretrain_steps": 5},
+    "sft_data": {"n_records": 32},
+    "preference_data": {"n_records": 32},
+    "ppo_prompts": {"n_records": 8},
+    "sft_checkpoint": {"n_format_samples": 1, "max_new_tokens": 4},
+}
+
 
 def _upstream_closure(graph: dict[str, list[str]], leaf: str) -> set[str]:
     selected, frontier = set(), [leaf]
@@ -56,6 +64,10 @@ def test_policy_lineage_names_the_reward_model_it_was_trained_with(tmp_path, mon
     selected = _upstream_closure(graph, leaf)
     assets = [a for a in defs.assets if any(k.to_user_string() in selected for k in a.keys)]
     resources = {"artifacts": ArtifactStoreResource(root=str(artifacts)), "io_manager": ArtifactIOManager()}
+
+    # Smaller still than the tiny profile: lineage needs materializations, not model quality.
+    for op, overrides in SMALLER.items():
+        tiny_run_config["ops"].setdefault(op, {"config": {}})["config"].update(overrides)
 
     def run(selection: set[str], rm_learning_rate: float) -> str:
         config = {"ops": {op: cfg for op, cfg in tiny_run_config["ops"].items() if op in selection}}
