@@ -3,6 +3,7 @@
     rlhf lineage ppo_policy [--run RUN_ID] [--json]   which reward model / SFT / data made this policy
     rlhf leaks [--asset ppo_policy] [--json]          did any eval prompt appear in training data
     rlhf length-drift [--run RUN_ID] [--json]         from which PPO step responses got longer
+    rlhf restore ASSET...                             after `dvc pull`: version dirs back from current/
     rlhf dvc-yaml [--write]                           dvc.yaml stages generated from the asset graph
 
 Each subcommand is a `add_<name>_command(subparsers)` function registering its parser and handler
@@ -108,6 +109,24 @@ def run_length_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_restore(args: argparse.Namespace) -> int:
+    from pipeline.dvc_tracking import restore_version
+    from pipeline.lineage import materialization_record, metadata_value
+
+    failed = 0
+    with open_instance() as instance:
+        for asset in args.assets:
+            metadata = materialization_record(instance, asset).asset_materialization.metadata
+            path = Path(metadata_value(metadata.get("artifact_path")))
+            if restore_version(path, metadata_value(metadata.get("content_hash"))):
+                print(f"{asset}: {path}")
+            else:
+                failed += 1
+                print(f"{asset}: cannot restore {path}: {path.parent / 'current'} does not hold that version "
+                      "(`dvc pull` with the dvc.lock of that run, or re-materialize)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def run_dvc_yaml(args: argparse.Namespace) -> int:
     import yaml
 
@@ -163,6 +182,14 @@ def add_length_drift_command(subparsers) -> None:
     parser.set_defaults(handler=run_length_drift)
 
 
+def add_restore_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "restore", help="after `dvc pull`: re-create the latest materializations' version directories from current/"
+    )
+    parser.add_argument("assets", nargs="+", help="asset keys")
+    parser.set_defaults(handler=run_restore)
+
+
 def add_dvc_yaml_command(subparsers) -> None:
     parser = subparsers.add_parser("dvc-yaml", help="dvc.yaml with one stage per asset, from the asset graph")
     parser.add_argument("--write", metavar="PATH", help="write it to PATH (e.g. dvc.yaml) instead of printing")
@@ -176,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lineage_command(subparsers)
     add_leaks_command(subparsers)
     add_length_drift_command(subparsers)
+    add_restore_command(subparsers)
     add_dvc_yaml_command(subparsers)
     return parser
 

@@ -140,6 +140,26 @@ def publish_current(version_dir: Path) -> Path:
     return current
 
 
+def restore_version(version_dir: Path, expected_hash: str) -> bool:
+    """Re-create a missing version directory from `<asset dir>/current` (e.g. after `dvc pull`).
+
+    Only when `current` holds exactly that version (its content hash matches); returns whether the
+    version directory exists afterwards.
+    """
+    from pipeline.artifacts import content_hash
+
+    version_dir = Path(version_dir)
+    if version_dir.exists():
+        return True
+    current = version_dir.parent / CURRENT_DIR_NAME
+    if not current.is_dir() or content_hash(current) != expected_hash:
+        return False
+    incoming = version_dir.parent / f".restore-{uuid.uuid4().hex}"
+    shutil.copytree(current, incoming, copy_function=_link_or_copy)
+    os.rename(incoming, version_dir)
+    return True
+
+
 def _link_or_copy(source: str, destination: str) -> None:
     try:
         os.link(source, destination)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.artifacts import content_hash
-from pipeline.dvc_tracking import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, tracking_for
+from pipeline.dvc_tracking import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, restore_version, tracking_for
 from pipeline.lineage import upstream_tree
 from test_lineage import materialize_toy, toy_model
 
@@ -94,6 +94,12 @@ def test_push_and_pull_restore_artifacts(dvc_project, dagster_instance):
     for asset, digest in expected.items():
         assert content_hash(artifacts / asset / "current") == digest
     assert (artifacts / "toy_data" / "current" / "data.txt").read_text() == "to be restored"
+    # A fresh clone has `current` after `dvc pull`; the version directory Dagster points to comes back from it.
+    version = Path(_metadata(dagster_instance, "toy_model")["artifact_path"].value)
+    shutil.rmtree(version)
+    assert restore_version(version, expected["toy_model"])
+    assert content_hash(version) == expected["toy_model"]
+    assert not restore_version(version.parent / "20200101T000000Z-other", "another hash")
 
 
 def test_tracking_switches(tmp_path, monkeypatch):
