@@ -51,7 +51,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         if not path.exists():
             raise dg.Failure(
                 f"artifact of {asset_key.to_user_string()} is missing at {path} (run {event.run_id}); "
-                "restore it (dvc pull) or re-materialize the asset"
+                f"restore it (dvc pull, then rlhf restore {asset_key.to_user_string()}) or re-materialize the asset"
             )
         return path
 
