@@ -9,8 +9,8 @@ files in the DVC cache (hard-linked, so no extra bytes) and writes the stage's h
 `dvc.lock`; the DVC hash is also written to the materialization's metadata (`dvc_md5`), so the two
 records can be compared. Older versions stay in the DVC cache and in git history of `dvc.lock`.
 
-When tracking is on: when `$RLHF_DVC_ROOT` names a directory, or when the artifacts root lies inside
-a directory holding `dvc.yaml` (the repository for `make run`; never a test's tmp dir).
+When tracking is on: when `$RLHF_DVC_ROOT` names a directory, or when the artifacts root's parent
+directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp dir).
 `RLHF_DVC=off` turns it off; `RLHF_DVC=on` makes a missing DVC project an error. A project with
 `dvc.yaml` but no `.dvc/` is `dvc init`-ed on first use, with a local remote `.dvc-remote/`.
 
@@ -83,12 +83,14 @@ class DvcRecord:
         return {DVC_STAGE_KEY: self.stage, DVC_OUT_KEY: self.out, DVC_MD5_KEY: self.md5}
 
 
-def find_dvc_project(start: Path) -> Path | None:
-    """The nearest directory at or above `start` that holds a dvc.yaml."""
-    for directory in [start, *start.parents]:
-        if (directory / DVC_YAML).is_file():
-            return directory
-    return None
+def find_dvc_project(artifacts_root: Path) -> Path | None:
+    """The directory holding the artifacts root, if it has a dvc.yaml.
+
+    Only the direct parent: an artifacts root nested deeper in a DVC project (a scratch dir inside
+    the repository) must not rewrite that project's stages.
+    """
+    parent = Path(artifacts_root).parent
+    return parent if (parent / DVC_YAML).is_file() else None
 
 
 def tracking_for(artifact_path: Path) -> DvcTracking | None:

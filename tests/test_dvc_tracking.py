@@ -104,6 +104,10 @@ def test_tracking_switches(tmp_path, monkeypatch):
         tracking_for(version_dir)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert tracking_for(version_dir).root == tmp_path.resolve()
+    nested = tmp_path / "scratch" / "artifacts" / "toy_data" / "20260101T000000Z-abc"
+    nested.mkdir(parents=True)
+    monkeypatch.setenv("RLHF_DVC", "auto")
+    assert tracking_for(nested) is None, "an artifacts root deeper in a DVC project must not touch its stages"
     monkeypatch.setenv("RLHF_DVC", "off")
     assert tracking_for(version_dir) is None
     monkeypatch.setenv("RLHF_DVC", "auto")
