@@ -13,8 +13,8 @@ from pipeline.definitions import defs
 from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import ppo_guard_check, quality_gate_checks, rm_margin_check
 from quality_gates.refusal import failed_input_gates
-from tests.conftest import TINY_PROFILE
 
+TINY_PROFILE = Path(__file__).resolve().parents[1] / "pipeline" / "profiles" / "tiny.yaml"
 TRAINERS = ("sft_checkpoint", "reward_model", "ppo_policy")
 DATA_ASSETS = ("sft_data", "preference_data", "ppo_prompts", "eval_prompts")
 LEAKED_ROW = 10
