@@ -44,6 +44,8 @@ class LineageNode:
     git_dirty: Any
     config_hash: str | None
     dvc_md5: str | None
+    # Set when the run reused an earlier, unchanged artifact instead of recomputing it.
+    reused_from_run: str | None = None
     inputs: list[LineageNode] = field(default_factory=list)
     # An input whose materialization Dagster did not record (never materialized when read).
     unknown_inputs: list[str] = field(default_factory=list)
@@ -120,6 +122,7 @@ def _node(instance: dg.DagsterInstance, record: dg.EventLogRecord, cache: dict[i
         git_dirty=metadata_value(metadata.get("git_dirty")),
         config_hash=metadata_value(metadata.get("config_hash")),
         dvc_md5=metadata_value(metadata.get("dvc_md5")),
+        reused_from_run=metadata_value(metadata.get("reused_from_run")),
     )
     cache[record.storage_id] = node
     if provenance is not None:
@@ -142,7 +145,8 @@ def render_tree(node: LineageNode) -> str:
 
 def _render(node: LineageNode, lines: list[str], prefix: str, is_last: bool, is_root: bool) -> None:
     branch = "" if is_root else ("└── " if is_last else "├── ")
-    lines.append(f"{prefix}{branch}{node.asset}  run {node.run_id}  {node.timestamp}")
+    reused = f" (reused from run {node.reused_from_run})" if node.reused_from_run else ""
+    lines.append(f"{prefix}{branch}{node.asset}  run {node.run_id}{reused}  {node.timestamp}")
     detail_prefix = prefix + ("" if is_root else ("    " if is_last else "│   ")) + ("│   " if node.inputs else "    ")
     dirty = " (dirty)" if node.git_dirty is True else ""
     missing = "" if node.artifact_exists else "  [MISSING: dvc pull, or re-materialize]"
