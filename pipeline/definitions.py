@@ -9,11 +9,11 @@ import os
 
 import dagster as dg
 
-from assets import base, data, ppo, reward, sft
+from assets import base, data, evaluation, ppo, reward, sft
 from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import quality_gate_checks
 
-all_assets = dg.load_assets_from_modules([base, data, sft, reward, ppo])
+all_assets = dg.load_assets_from_modules([base, data, sft, reward, ppo, evaluation])
 
 rlhf_pipeline = dg.define_asset_job(
     "rlhf_pipeline",
@@ -23,7 +23,10 @@ rlhf_pipeline = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=all_assets,
-    asset_checks=quality_gate_checks(all_assets),  # only gates whose assets are defined
+    asset_checks=[
+        *quality_gate_checks(all_assets),  # only gates whose assets are defined
+        *dg.load_asset_checks_from_modules([evaluation]),
+    ],
     jobs=[rlhf_pipeline],
     resources={
         "artifacts": ArtifactStoreResource(root=os.environ.get("RLHF_ARTIFACTS_ROOT", "artifacts")),

@@ -14,7 +14,8 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ class EvaluationSettings(BaseModel):
     judge_max_new_tokens: int = Field(64, gt=0)
     custom_judge: str | None = Field(
         None, description="'module.path:attribute' of your own pairwise judge; overrides judge_model"
+    )
+    cpu_threads: int = Field(
+        1, ge=0,
+        description="torch CPU threads while evaluating (0: leave torch's setting). Token-by-token generation "
+        "with a small model runs tiny matrix ops where extra threads mostly add synchronisation, worst on a shared CPU",
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
@@ -243,6 +249,18 @@ def answer_prompts(model, tokenizer, prompts: Sequence[str], settings: Evaluatio
     ]
 
 
+@contextmanager
+def torch_cpu_threads(n_threads: int) -> Iterator[None]:
+    """Run with `n_threads` torch intra-op threads (0: unchanged), restoring the previous setting after."""
+    previous = torch.get_num_threads()
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
     return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
 
@@ -256,6 +274,11 @@ def evaluate(
     log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """The evaluation result (the content of eval.json plus per-answer rows): see module docstring."""
+    with torch_cpu_threads(settings.cpu_threads):
+        return _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log)
+
+
+def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from pipeline.device import select_device

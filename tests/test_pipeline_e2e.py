@@ -26,7 +26,7 @@ def test_whole_graph_materializes_and_artifacts_reload(tiny_run_config, artifact
     )
     assert result.success
     for key in ("base_model", "base_probe", "sft_data", "preference_data", "ppo_prompts", "eval_prompts",
-                "sft_checkpoint", "reward_model"):
+                "sft_checkpoint", "reward_model", "ppo_policy", "evaluation_report"):
         metadata = _materialization(dagster_instance, key).metadata
         path = Path(metadata["artifact_path"].value)
         assert path.is_dir() and path.parent.parent == artifacts_root.resolve()
@@ -53,6 +53,15 @@ def test_whole_graph_materializes_and_artifacts_reload(tiny_run_config, artifact
     rm_eval = json.loads((rm / "rm_eval.json").read_text())
     for field in ("held_out_accuracy", "mean_margin", "calibration", "n_dropped_too_long"):
         assert field in rm_eval
+    report = path_of("evaluation_report")
+    evaluation = json.loads((report / "eval.json").read_text())
+    for model in ("base", "sft", "ppo"):
+        assert len(evaluation["models"][model]["rm_score_ci95"]) == 2
+    assert set(evaluation["win_rates"]) == {"ppo_vs_sft", "sft_vs_base", "ppo_vs_base"}
+    assert evaluation["kl_ppo_vs_sft"] is not None
+    assert evaluation["inputs"]["ppo_policy"] == str(path_of("ppo_policy"))
+    assert (report / "final_eval.md").exists() and (report / "plots" / "ppo_training_curves.png").exists()
+
     # No staging directories are left behind.
     assert not list(artifacts_root.rglob(".staging-*"))
 
@@ -61,5 +70,5 @@ def test_job_covers_every_asset():
     job = defs.resolve_job_def("rlhf_pipeline")
     keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert {"base_model", "base_probe", "sft_data", "preference_data", "ppo_prompts", "eval_prompts",
-            "sft_checkpoint", "reward_model"} <= keys
+            "sft_checkpoint", "reward_model", "ppo_policy", "evaluation_report"} <= keys
     assert rlhf_pipeline.name == "rlhf_pipeline"
