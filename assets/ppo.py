@@ -10,6 +10,7 @@ import dagster as dg
 
 from assets.data import load_data
 from pipeline.markdown import markdown_table
+from pipeline.model_card import write_model_card
 from pipeline.ppo import CURVES_FILE, PpoSettings
 from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
@@ -55,6 +56,7 @@ def ppo_policy(
         summary = train_ppo(
             sft_checkpoint, reward_model, prompts, staged.path, config, checkpoint_dir=checkpoint_dir,
         )
+        write_model_card(staged.path)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if summary["kl_to_sft"] > config.kl_bound:
         context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={config.kl_bound}")
