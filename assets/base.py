@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from pipeline.base_model import PretrainSettings, TinyModelSpec
+from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
@@ -31,7 +32,7 @@ class BaseProbeConfig(dg.Config):
     max_new_tokens: int = Field(48, gt=0)
 
 
-@dg.asset(group_name="models", code_version="1", pool="gpu", kinds={"pytorch"})
+@dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """The base checkpoint (HF `save_pretrained` directory with its tokenizer)."""
     from pipeline.base_model import build_default_base_model, load_pretrained, resolved_revision
@@ -76,7 +77,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
     })
 
 
-@dg.asset(group_name="evaluation", code_version="1", pool="gpu", kinds={"pytorch"})
+@dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def base_probe(
     context: dg.AssetExecutionContext, config: BaseProbeConfig, base_model: Path, artifacts: ArtifactStoreResource
 ) -> dg.Output:

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.data import load_data
+from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
 from pipeline.ppo import CURVES_FILE, PpoSettings
@@ -33,7 +34,7 @@ def checkpoint_dir_for(artifacts_root: Path, config: PpoSettings, *inputs: Path)
     return artifacts_root / ".checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-@dg.asset(group_name="models", code_version=PPO_CODE_VERSION, pool="gpu", kinds={"pytorch"})
+@dg.asset(group_name="models", code_version=PPO_CODE_VERSION, pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def ppo_policy(
     context: dg.AssetExecutionContext,
     config: PpoConfig,

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.data import load_data
+from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
@@ -20,7 +21,7 @@ class RewardModelConfig(dg.Config, RewardSettings):
     pass
 
 
-@dg.asset(group_name="models", code_version="1", pool="gpu", kinds={"pytorch"})
+@dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def reward_model(
     context: dg.AssetExecutionContext,
     config: RewardModelConfig,

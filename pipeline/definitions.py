@@ -10,6 +10,7 @@ import os
 import dagster as dg
 
 from assets import base, data, evaluation, ppo, reward, sft
+from pipeline.execution import pipeline_executor
 from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import quality_gate_checks
 
@@ -28,6 +29,7 @@ defs = dg.Definitions(
         *dg.load_asset_checks_from_modules([evaluation]),
     ],
     jobs=[rlhf_pipeline],
+    executor=pipeline_executor(),  # $RLHF_EXECUTOR: multiprocess (default) or k8s
     resources={
         "artifacts": ArtifactStoreResource(root=os.environ.get("RLHF_ARTIFACTS_ROOT", "artifacts")),
         "io_manager": ArtifactIOManager(),
