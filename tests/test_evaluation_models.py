@@ -9,7 +9,7 @@ import torch
 
 from pipeline.data_generator import pretraining_text, prompt_records
 from pipeline.evaluation import EvaluationSettings, evaluate, kl_to_reference, sample_for_kl, sequence_logprob_sums
-from pipeline.judges import HeuristicJudge
+from pipeline.judges import HeuristicJudge, judge_pairs
 
 FAST_SETTINGS = {"max_new_tokens": 6, "n_bootstrap": 200, "kl_samples_per_prompt": 2, "batch_size": 4, "device": "cpu"}
 
@@ -85,6 +85,16 @@ def test_evaluate_scores_checks_and_judges_every_answer(tiny_models):
     assert result["win_rates"]["ppo_vs_sft"]["pairwise_judge"]["n"] == 6
     assert result["kl_ppo_vs_sft"] is not None and result["kl_n_samples"] == 12
     assert len(result["judgements"]) == 18
+
+
+def test_a_local_causal_lm_can_judge(tiny_models):
+    from pipeline.judges import CompletionJudge, build_judge
+
+    judge = build_judge(judge_model=str(tiny_models["sft"]), max_new_tokens=4, device="cpu")
+    assert isinstance(judge, CompletionJudge) and judge.name == "llm:sft"
+    judged = judge_pairs(judge, ["What is 2 + 2?", "Sort: 3, 1."], ["The answer is 4.", "1, 3"], ["5", "3, 1"], seed=0)
+    # A random tiny model writes no JSON: every verdict is a tie that keeps the model's text as its reason.
+    assert all(p.verdict.winner in ("A", "B", "tie") and p.verdict.reason for p in judged)
 
 
 class FixedPathsIOManager(dg.IOManager):
