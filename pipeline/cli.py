@@ -4,6 +4,7 @@
     rlhf leaks [--asset ppo_policy] [--json]          did any eval prompt appear in training data
     rlhf length-drift [--run RUN_ID] [--json]         from which PPO step responses got longer
     rlhf restore ASSET...                             after `dvc pull`: version dirs back from current/
+    rlhf materialize ASSET... [-c run_config.yaml]    materialize some assets (the dvc.yaml stages' command)
     rlhf dvc-yaml [--write]                           dvc.yaml stages generated from the asset graph
 
 Each subcommand is a `add_<name>_command(subparsers)` function registering its parser and handler
@@ -127,6 +128,27 @@ def run_restore(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+    import yaml
+
+    from pipeline.definitions import defs
+
+    selected = set(args.assets)
+    run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    # A job run limited to some assets rejects config for the others (their checks' ops are `<asset>_<check>`).
+    ops = {op: cfg for op, cfg in (run_config or {}).get("ops", {}).items()
+           if op in selected or any(op.startswith(f"{asset}_") for asset in selected)}
+    job = defs.resolve_job_def(args.job)
+    with open_instance() as instance:
+        result = job.execute_in_process(
+            run_config={**(run_config or {}), "ops": ops}, instance=instance,
+            asset_selection=[dg.AssetKey(asset) for asset in args.assets], raise_on_error=False,
+        )
+    print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    return 0 if result.success else 1
+
+
 def run_dvc_yaml(args: argparse.Namespace) -> int:
     import yaml
 
@@ -190,6 +212,16 @@ def add_restore_command(subparsers) -> None:
     parser.set_defaults(handler=run_restore)
 
 
+def add_materialize_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "materialize", help="materialize some assets of the job (what a dvc.yaml stage runs under `dvc repro`)"
+    )
+    parser.add_argument("assets", nargs="+", help="asset keys")
+    parser.add_argument("-c", "--config", metavar="RUN_CONFIG", help="run-config YAML (entries for other assets are ignored)")
+    parser.add_argument("--job", default="rlhf_pipeline")
+    parser.set_defaults(handler=run_materialize)
+
+
 def add_dvc_yaml_command(subparsers) -> None:
     parser = subparsers.add_parser("dvc-yaml", help="dvc.yaml with one stage per asset, from the asset graph")
     parser.add_argument("--write", metavar="PATH", help="write it to PATH (e.g. dvc.yaml) instead of printing")
@@ -204,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_leaks_command(subparsers)
     add_length_drift_command(subparsers)
     add_restore_command(subparsers)
+    add_materialize_command(subparsers)
     add_dvc_yaml_command(subparsers)
     return parser
 

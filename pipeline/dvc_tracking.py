@@ -57,7 +57,9 @@ DEFAULT_DVC_CONFIG = f"""[core]
 ['remote "{DEFAULT_REMOTE_NAME}"']
     url = ../{DEFAULT_REMOTE_DIR}
 """
-STAGE_COMMAND = "dagster asset materialize -m pipeline.definitions --select {asset}"
+# Not `dagster asset materialize --select`: Dagster's selection parser needs antlr4 4.13 and DVC's
+# hydra pins 4.9, so string selections fail in this environment.
+STAGE_COMMAND = "rlhf materialize {asset}"
 
 DVC_STAGE_KEY = "dvc_stage"
 DVC_OUT_KEY = "dvc_out"
