@@ -222,11 +222,15 @@ def hf_completion(model_dir: str, max_new_tokens: int = 64, device: str = "auto"
     from pipeline.device import select_device
     from pipeline.generation import generate
 
-    choice = select_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True).to(choice.device)
+    loaded: list = []  # loaded on first use, so the judge is not in memory while the policies answer
 
     def complete_batch(texts: Sequence[str]) -> list[str]:
+        if not loaded:
+            choice = select_device(device)
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True)
+            loaded.extend([model.to(choice.device), tokenizer])
+        model, tokenizer = loaded
         generations = generate(
             model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress_desc="judge",
         )
