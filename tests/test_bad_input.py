@@ -183,7 +183,8 @@ def test_library_settings_reject_unknown_keys_and_non_positive_values():
 SIZE_OR_RATE = re.compile(
     r"(learning_rate|^lr$|_lr$|size|length|steps|epochs|batch|tokens|^n_|^num_|records|samples|bins|layers|heads|documents|every)"
 )
-ZERO_ALLOWED = {"pretrain_steps"}  # 0 skips pretraining of the locally built base model
+# Where zero is a documented switch: no pretraining of the local base model; no PPO checkpoints; no PPO eval.
+ZERO_ALLOWED = {"pretrain_steps", "checkpoint_every", "n_eval_prompts"}
 
 
 def _asset_config_classes():
