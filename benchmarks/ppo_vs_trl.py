@@ -44,7 +44,7 @@ def run_ours(job: dict) -> dict:
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
         ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], max_new_tokens=job["response_length"],
         temperature=job["temperature"], kl_coef=job["kl_coef"], missing_eos_penalty=job["missing_eos_penalty"],
-        checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device="cpu",
+        checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device="cpu", cpu_threads=job["threads"],
     )
     summary = train_ppo(Path(job["sft"]), Path(job["rm"]), job["prompts"], Path(job["output"]), settings)
     return {"train_seconds": summary["train_seconds"]}
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--minibatch-size", type=int, default=32)
     parser.add_argument("--ppo-epochs", type=int, default=2)
-    parser.add_argument("--response-length", type=int, default=48)
+    parser.add_argument("--response-length", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--kl-coef", type=float, default=0.05)
@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=16, help="held-out tail of ppo_prompts for the RM-score gain")
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both trainers")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.worker:

@@ -54,12 +54,12 @@ class PpoSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    total_episodes: int = Field(768, gt=0, description="prompts answered during training (steps = total_episodes // batch_size)")
+    total_episodes: int = Field(384, gt=0, description="prompts answered during training (steps = total_episodes // batch_size)")
     batch_size: int = Field(64, gt=0, description="prompts per rollout (one PPO step)")
     minibatch_size: int = Field(32, gt=0, description="rollout rows per gradient step")
     ppo_epochs: int = Field(2, gt=0, description="passes over each rollout")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of policy and value model")
-    max_new_tokens: int = Field(48, gt=0, description="maximum response length")
+    max_new_tokens: int = Field(64, gt=0, description="maximum response length")
     temperature: float = Field(0.7, gt=0, description="sampling temperature; log-probs use the same scaling")
     kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the reward")
@@ -84,6 +84,10 @@ class PpoSettings(BaseModel):
     checkpoint_every: int = Field(5, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
     n_eval_prompts: int = Field(16, ge=0, description="held-out prompts (the tail of ppo_prompts) for the SFT-vs-PPO evaluation")
     n_eval_samples: int = Field(4, gt=0, description="sampled answers per held-out prompt")
+    cpu_threads: int | None = Field(
+        1, gt=0, description="torch threads on CPU during PPO (None keeps torch's setting); small models run "
+        "fastest single-threaded, and multi-threaded waits collapse on a shared, busy CPU"
+    )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
@@ -367,6 +371,25 @@ def train_ppo(
     Returns the summary (also written to `ppo_summary.json`). With `checkpoint_dir`, a checkpoint is
     saved every `checkpoint_every` steps and training resumes from the latest one found there.
     """
+    threads_before = torch.get_num_threads()
+    if settings.cpu_threads is not None and select_device(settings.device).device.type == "cpu":
+        torch.set_num_threads(settings.cpu_threads)
+    try:
+        return _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_ppo(
+    sft_dir: Path,
+    reward_model_dir: Path,
+    prompts: Sequence[str],
+    output_dir: Path,
+    settings: PpoSettings,
+    ptx_records: Sequence[dict[str, Any]] | None = None,
+    checkpoint_dir: Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from pipeline.ppo_report import evaluate_against_reference, plot_training_curves, save_models
@@ -435,6 +458,8 @@ def train_ppo(
             ended = rollout.ended_with_eos(eos_id)
             penalised_scores = scores - settings.missing_eos_penalty * (~ended).float()
             old_values = token_values(value_model, input_ids, attention_mask, start) * mask
+
+        rollout_seconds = time.perf_counter() - step_started
 
         # 3. per-token reward: R_t = r_phi(x,y) * 1[t=T] - beta * KL_t
         kl = per_token_kl(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
@@ -507,6 +532,7 @@ def train_ppo(
             "explained_variance": explained_variance(old_values, returns, mask),
             "beta": beta,
             "step_seconds": time.perf_counter() - step_started,
+            "rollout_seconds": rollout_seconds,
         }
         history.append(record)
         logger.info(
