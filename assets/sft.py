@@ -9,6 +9,7 @@ import dagster as dg
 from assets.data import load_data
 from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
+from pipeline.multi_gpu import PIPES_CLIENT_KEY, LaunchSettings
 from pipeline.model_card import write_model_card
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
@@ -17,17 +18,19 @@ from pipeline.sft import SftSettings
 SFT_EVAL_FILE = "sft_eval.json"
 
 
-class SftConfig(dg.Config, SftSettings):
+class SftConfig(dg.Config, SftSettings, LaunchSettings):
     pass
 
 
-@dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
+@dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"},
+          resource_defs={PIPES_CLIENT_KEY: dg.PipesSubprocessClient()})
 def sft_checkpoint(
     context: dg.AssetExecutionContext,
     config: SftConfig,
     base_model: Path,
     sft_data: Path,
     artifacts: ArtifactStoreResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.Output:
     """SFT policy (HF directory) with `sft_eval.json`: train and held-out loss, format adherence, samples."""
     from pipeline.sft import train_sft
@@ -42,7 +45,15 @@ def sft_checkpoint(
     with training_scratch(store, "sft_checkpoint", key) as checkpoints, store.stage("sft_checkpoint") as staged:
         if checkpoints.resume_from is not None:
             context.log.info(f"resuming SFT from {checkpoints.resume_from} (a previous run was interrupted)")
-        metrics = train_sft(base_model, records, staged.path, config, checkpoints)
+        if config.launcher == "accelerate":  # N GPUs (DDP / DeepSpeed / FSDP) through Dagster Pipes
+            from pipeline.multi_gpu import run_under_accelerate
+
+            metrics = run_under_accelerate(
+                context, pipes_subprocess_client, "sft_checkpoint", {"base_model": base_model, "checkpoints": checkpoints},
+                records, staged.path, SftSettings(**config.model_dump(include=set(SftSettings.model_fields))), config,
+            )
+        else:
+            metrics = train_sft(base_model, records, staged.path, config, checkpoints)
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_model_card(staged.path)
     return artifact_output(staged.path, {
@@ -54,5 +65,6 @@ def sft_checkpoint(
         "n_held_out": metrics["n_held_out"],
         "total_steps": metrics["total_steps"],
         "resumed_from_step": metrics["resumed_from_step"],
+        "launcher": config.launcher if config.launcher == "in_process" else f"accelerate x{config.num_processes} ({config.distributed})",
         "samples": dg.MetadataValue.md(markdown_table(metrics["samples"], max_chars=200)),
     })

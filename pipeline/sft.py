@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import select_device
 from pipeline.generation import generate
+from pipeline.multi_gpu import save_trained_model
 from pipeline.training_checkpoints import TrainingScratch
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_chec
 
 def train_sft(
     base_dir: Path, records: Sequence[dict[str, Any]], output_dir: Path, settings: SftSettings,
-    checkpoints: TrainingScratch | None = None,
+    checkpoints: TrainingScratch | None = None, callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Fine-tune the base checkpoint; save model and tokenizer to `output_dir`; return the metrics.
 
@@ -133,6 +134,7 @@ def train_sft(
             train_dataset=to_prompt_completion(tokenizer, train, settings.assistant_turns),
             eval_dataset=to_prompt_completion(tokenizer, held_out, settings.assistant_turns) if held_out else None,
             processing_class=tokenizer,
+            callbacks=list(callbacks) or None,
         )
         held_out_loss_before = trainer.evaluate()["eval_loss"] if held_out else None
         resume_from = checkpoints.resume_from if checkpoints else None
@@ -145,10 +147,9 @@ def train_sft(
         loss_curve = [
             {"step": log["step"], "loss": log["loss"]} for log in trainer.state.log_history if "loss" in log
         ]
-    model = trainer.model
-    model.eval()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    model = save_trained_model(trainer, tokenizer, output_dir)
+    if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
+        return {}
 
     samples = generate(
         model, tokenizer, [r["prompt"] for r in (held_out or train)[: settings.n_format_samples]],

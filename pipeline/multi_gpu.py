@@ -1,0 +1,222 @@
+"""Multi-GPU training: a stage's trainer under `accelerate launch` (DDP, DeepSpeed ZeRO or FSDP), through Dagster Pipes.
+
+The asset stays what it is (reads its inputs, stages its artifact directory, returns metadata);
+only the training call moves into processes that `accelerate launch` starts, one per GPU:
+
+    asset ──PipesSubprocessClient──► python -m accelerate.commands.launch --config_file <generated>
+                                         --num_processes N -m pipeline.multi_gpu_worker <spec.json>
+          ◄── logs, progress, metrics ── rank 0 (dagster_pipes)
+
+`spec.json` names the stage, its inputs, the staging directory to write the model into and the
+settings. Every rank trains; rank 0 writes the model (gathered from ZeRO-3 / FSDP shards),
+evaluates it, streams progress to the Dagster event log and reports the metrics dict back as a
+Pipes custom message, which the asset turns into `*_eval.json` and metadata exactly as it does
+for in-process training.
+
+Config switch (on `sft_checkpoint`): `launcher: accelerate`, `num_processes: N`,
+`distributed: ddp | deepspeed_zero2 | deepspeed_zero3 | fsdp` (or `accelerate_config_file`).
+DeepSpeed is an optional install (`pip install -e '.[deepspeed]'`); DDP and FSDP need only torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.data_io import write_jsonl
+from pipeline.device import select_device
+
+WORKER_MODULE = "pipeline.multi_gpu_worker"
+METRICS_MESSAGE = "metrics"  # `kind` of the Pipes custom message that carries a stage's metrics
+PIPES_CLIENT_KEY = "pipes_subprocess_client"
+TRAINING_ARGS_FILE = "training_args.bin"  # a pickle the HF Trainer saves with the model; not part of our artifacts
+
+Distributed = Literal["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+
+
+class LaunchSettings(BaseModel):
+    """How a training asset runs its trainer; a training asset's config extends this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    launcher: Literal["in_process", "accelerate"] = Field(
+        "in_process", description="'in_process': train in the step process; 'accelerate': under `accelerate launch` via Dagster Pipes"
+    )
+    num_processes: int = Field(1, gt=0, description="training processes under `accelerate launch`, one per GPU")
+    distributed: Distributed = Field(
+        "ddp", description="data parallel (ddp), DeepSpeed ZeRO stage 2 or 3, or FSDP (v2, full state dict on save)"
+    )
+    accelerate_config_file: str | None = Field(
+        None, description="your own `accelerate config` YAML instead of the generated one (`distributed` is then ignored)"
+    )
+    main_process_port: int | None = Field(None, gt=0, lt=65536, description="rendezvous port when several jobs share a node")
+
+
+def accelerate_config(settings: LaunchSettings, use_cpu: bool, mixed_precision: str) -> dict[str, Any]:
+    """An `accelerate launch --config_file` document for one machine."""
+    config: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "num_machines": 1,
+        "machine_rank": 0,
+        "num_processes": settings.num_processes,
+        "gpu_ids": "all",
+        "mixed_precision": mixed_precision,
+        "use_cpu": use_cpu,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "downcast_bf16": "no",
+        "distributed_type": "NO",
+    }
+    if use_cpu:
+        return config
+    if settings.distributed == "ddp":
+        config["distributed_type"] = "MULTI_GPU" if settings.num_processes > 1 else "NO"
+    elif settings.distributed.startswith("deepspeed_zero"):
+        stage = int(settings.distributed[-1])
+        config["distributed_type"] = "DEEPSPEED"
+        config["deepspeed_config"] = {
+            "zero_stage": stage,
+            # Must match the trainer's arguments (no accumulation, max_grad_norm 1.0).
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0,
+            "offload_optimizer_device": "none",
+            "offload_param_device": "none",
+            "zero3_init_flag": stage == 3,
+            # ZeRO-3 keeps only shards on each GPU; gather them into one 16-bit state dict to save.
+            "zero3_save_16bit_model": stage == 3,
+        }
+    elif settings.distributed == "fsdp":
+        config["distributed_type"] = "FSDP"
+        config["fsdp_config"] = {
+            "fsdp_version": 2,
+            # Without a layer class, accelerate wraps the model's `_no_split_modules` (decoder layers).
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_state_dict_type": "FULL_STATE_DICT",
+            "fsdp_reshard_after_forward": True,
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_offload_params": False,
+            "fsdp_activation_checkpointing": False,
+        }
+    return config
+
+
+def launch_command(spec_path: Path, settings: LaunchSettings, config_path: Path, use_cpu: bool) -> list[str]:
+    """`accelerate launch` (from this interpreter's environment) of the worker module on the spec."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path),
+               "--num_processes", str(settings.num_processes)]
+    if use_cpu:
+        command.append("--cpu")
+    if settings.main_process_port:
+        command += ["--main_process_port", str(settings.main_process_port)]
+    return command + ["-m", WORKER_MODULE, str(spec_path)]
+
+
+def check_launch(settings: LaunchSettings, use_cpu: bool) -> None:
+    """Refuse launches that cannot work, before any process starts."""
+    if use_cpu and settings.num_processes > 1:
+        raise ValueError(
+            f"num_processes={settings.num_processes} needs one GPU per process, but training runs on the CPU; "
+            "use num_processes: 1 (or attach GPUs)"
+        )
+    if not use_cpu:
+        import torch
+
+        visible = torch.cuda.device_count()
+        if settings.num_processes > visible:
+            raise ValueError(f"num_processes={settings.num_processes} but only {visible} GPU(s) are visible to this step")
+    if settings.accelerate_config_file and not Path(settings.accelerate_config_file).is_file():
+        raise ValueError(f"accelerate_config_file {settings.accelerate_config_file!r} does not exist")
+
+
+def run_under_accelerate(
+    context,
+    pipes_client,
+    stage: str,
+    inputs: dict[str, Any],
+    records: list[dict[str, Any]],
+    output_dir: Path,
+    settings: BaseModel,
+    launch: LaunchSettings,
+) -> dict[str, Any]:
+    """Train `stage` under `accelerate launch` and return the metrics its rank 0 reported through Pipes.
+
+    `context` is the asset's execution context and `pipes_client` a `dg.PipesSubprocessClient`;
+    `settings` are the stage's training settings (its `device` decides GPU or CPU).
+    """
+    import dagster as dg
+
+    use_cpu = select_device(getattr(settings, "device", "auto")).device.type == "cpu"
+    check_launch(launch, use_cpu)
+    if use_cpu:
+        settings = settings.model_copy(update={"device": "cpu"})
+    mixed_precision = "no" if use_cpu or not select_device("auto").use_bf16 else "bf16"
+    with tempfile.TemporaryDirectory(prefix=f"{stage}-accelerate-") as scratch:
+        scratch_dir = Path(scratch)
+        if launch.accelerate_config_file:
+            config_path = Path(launch.accelerate_config_file)
+        else:
+            config_path = scratch_dir / "accelerate_config.yaml"
+            config_path.write_text(yaml.safe_dump(accelerate_config(launch, use_cpu, mixed_precision), sort_keys=True))
+        records_path = scratch_dir / "records.jsonl"
+        write_jsonl(records, records_path)
+        spec_path = scratch_dir / "spec.json"
+        spec_path.write_text(json.dumps({
+            "stage": stage,
+            "inputs": {name: _jsonable(value) for name, value in inputs.items()},
+            "records": str(records_path),
+            "output_dir": str(output_dir),
+            "settings": settings.model_dump(mode="json"),
+        }, indent=2))
+        command = launch_command(spec_path, launch, config_path, use_cpu)
+        context.log.info(f"{stage}: {launch.num_processes} process(es), {launch.distributed}: {shlex.join(command)}")
+        invocation = pipes_client.run(
+            command=command, context=context, env={"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
+    reports = [
+        message["metrics"] for message in invocation.get_custom_messages()
+        if isinstance(message, dict) and message.get("kind") == METRICS_MESSAGE
+    ]
+    if not reports:
+        raise dg.Failure(f"{stage}: the accelerate worker exited without reporting metrics (see the step's logs)")
+    return reports[-1]
+
+
+def _jsonable(value: Any) -> Any:
+    """Paths as strings and dataclasses (e.g. a `TrainingScratch`) as dicts, for the worker's spec."""
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        return {field.name: _jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    return value
+
+
+def save_trained_model(trainer, tokenizer, output_dir: Path):
+    """Write the trained model and tokenizer; return the model on the main process, None on other ranks.
+
+    In one process this is the trainer's model itself. Under `accelerate launch`, DeepSpeed ZeRO-3
+    and FSDP hold only shards on each rank: the trainer gathers them into a full state dict and
+    the main process writes it, then reloads it whole for evaluation.
+    """
+    distributed = trainer.accelerator.num_processes > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+    if not distributed:
+        model = trainer.model.eval()
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        return model
+    trainer.save_model(str(output_dir))  # every rank takes part in the gather; the main one writes
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return None
+    Path(output_dir, TRAINING_ARGS_FILE).unlink(missing_ok=True)
+    tokenizer.save_pretrained(output_dir)
+    model_class = type(trainer.accelerator.unwrap_model(trainer.model))
+    return model_class.from_pretrained(output_dir, use_safetensors=True).to(trainer.args.device).eval()

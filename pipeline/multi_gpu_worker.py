@@ -1,0 +1,79 @@
+"""What `accelerate launch` runs on every rank: one training stage from a spec, reported to Dagster by rank 0.
+
+    python -m accelerate.commands.launch ... -m pipeline.multi_gpu_worker <spec.json>
+
+Started by `pipeline.multi_gpu.run_under_accelerate` through Dagster Pipes; the spec format is
+written there. Only rank 0 opens the Pipes connection: it streams training progress to the
+Dagster event log and sends the stage's metrics as a custom message. Other ranks train silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from pipeline.multi_gpu import METRICS_MESSAGE
+
+
+def is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def progress_callback(pipes):
+    """A TrainerCallback that forwards the trainer's logged losses to the Dagster event log."""
+    from transformers import TrainerCallback
+
+    class PipesProgress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                values = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+                pipes.log.info(f"step {state.global_step}/{state.max_steps}: {values}")
+
+    return PipesProgress()
+
+
+def train_sft_stage(spec: dict[str, Any], callbacks: list) -> dict[str, Any]:
+    from pipeline.data_io import read_jsonl
+    from pipeline.sft import SftSettings, train_sft
+    from pipeline.training_checkpoints import TrainingScratch
+
+    checkpoints = spec["inputs"].get("checkpoints")
+    scratch = TrainingScratch(
+        directory=Path(checkpoints["directory"]),
+        resume_from=Path(checkpoints["resume_from"]) if checkpoints["resume_from"] else None,
+        shared=checkpoints["shared"],
+    ) if checkpoints else None
+    return train_sft(
+        Path(spec["inputs"]["base_model"]), read_jsonl(Path(spec["records"])), Path(spec["output_dir"]),
+        SftSettings.model_validate(spec["settings"]), scratch, callbacks=callbacks,
+    )
+
+
+STAGES: dict[str, Callable[[dict[str, Any], list], dict[str, Any]]] = {"sft_checkpoint": train_sft_stage}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dagster_pipes import open_dagster_pipes
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m pipeline.multi_gpu_worker <spec.json>")
+    spec = json.loads(Path(argv[0]).read_text())
+    if spec.get("stage") not in STAGES:
+        raise SystemExit(f"{argv[0]}: stage {spec.get('stage')!r} is not one of {sorted(STAGES)}")
+    main_rank = is_main_rank()
+    with (open_dagster_pipes() if main_rank else nullcontext()) as pipes:
+        if pipes is not None:
+            pipes.log.info(f"{spec['stage']}: rank 0 of {os.environ.get('WORLD_SIZE', '1')} started")
+        metrics = STAGES[spec["stage"]](spec, [progress_callback(pipes)] if pipes is not None else [])
+        if pipes is not None:
+            pipes.report_custom_message({"kind": METRICS_MESSAGE, "metrics": metrics})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Multi-GPU training path: generated accelerate configs, and SFT under `accelerate launch` through Dagster Pipes."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+from transformers import AutoModelForCausalLM
+
+from assets import base, data, sft
+from pipeline.multi_gpu import LaunchSettings, accelerate_config, check_launch, launch_command
+from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+
+
+@pytest.mark.parametrize("distributed, distributed_type", [
+    ("ddp", "MULTI_GPU"), ("deepspeed_zero2", "DEEPSPEED"), ("deepspeed_zero3", "DEEPSPEED"), ("fsdp", "FSDP"),
+])
+def test_generated_accelerate_configs_load_in_accelerate(tmp_path, distributed, distributed_type):
+    settings = LaunchSettings(launcher="accelerate", num_processes=8, distributed=distributed)
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump(accelerate_config(settings, use_cpu=False, mixed_precision="bf16")))
+    loaded = load_config_from_file(str(path))
+    assert loaded.distributed_type.value == distributed_type
+    assert loaded.num_processes == 8 and str(loaded.mixed_precision) == "bf16"
+    if distributed == "deepspeed_zero3":
+        assert loaded.deepspeed_config["zero_stage"] == 3 and loaded.deepspeed_config["zero3_save_16bit_model"]
+    if distributed == "fsdp":
+        assert loaded.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+    command = launch_command(Path("spec.json"), settings, path, use_cpu=False)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" not in command
+    assert command[-3:] == ["-m", "pipeline.multi_gpu_worker", "spec.json"]
+
+
+def test_impossible_launches_are_refused_before_starting():
+    cpu_single = accelerate_config(LaunchSettings(num_processes=1, distributed="fsdp"), use_cpu=True, mixed_precision="no")
+    assert cpu_single["distributed_type"] == "NO" and cpu_single["use_cpu"] is True
+    with pytest.raises(ValueError, match="num_processes=2"):
+        check_launch(LaunchSettings(launcher="accelerate", num_processes=2), use_cpu=True)
+    with pytest.raises(ValueError, match="accelerate_config_file"):
+        check_launch(LaunchSettings(launcher="accelerate", accelerate_config_file="/nonexistent/accelerate.yaml"), use_cpu=True)
+
+
+@pytest.mark.slow
+def test_sft_runs_under_accelerate_launch_through_pipes(tiny_run_config, artifacts_root, dagster_instance):
+    run_config = {"ops": {
+        # An untrained base model is enough to exercise the launch path.
+        "base_model": {"config": {**tiny_run_config["ops"]["base_model"]["config"], "pretrain_steps": 0, "pretrain_documents": 50}},
+        "sft_data": {"config": {"n_records": 32}},
+        "sft_checkpoint": {"config": {
+            "epochs": 1, "batch_size": 8, "n_format_samples": 2, "max_new_tokens": 8, "device": "cpu",
+            "launcher": "accelerate", "num_processes": 1, "distributed": "ddp",
+        }},
+    }}
+    result = dg.materialize(
+        [base.base_model, data.sft_data, sft.sft_checkpoint],
+        instance=dagster_instance,
+        run_config=run_config,
+        resources={"artifacts": ArtifactStoreResource(root=str(artifacts_root)), "io_manager": ArtifactIOManager()},
+    )
+    assert result.success
+    materialization = dagster_instance.get_latest_materialization_event(dg.AssetKey("sft_checkpoint")).asset_materialization
+    metadata = materialization.metadata
+    assert metadata["launcher"].value == "accelerate x1 (ddp)"
+    path = Path(metadata["artifact_path"].value)
+    sft_eval = json.loads((path / "sft_eval.json").read_text())
+    assert sft_eval["n_train"] > 0 and sft_eval["held_out_loss"] is not None
+    assert metadata["train_loss"].value == pytest.approx(sft_eval["train_loss"])
+    AutoModelForCausalLM.from_pretrained(path)
+    assert not (path / "training_args.bin").exists()
+
+    # The worker's rank 0 logged to this run's event log through Pipes (start and training progress).
+    messages = [
+        record.user_message for record in dagster_instance.all_logs(result.run_id)
+        if record.dagster_event is None and record.user_message
+    ]
+    assert any("rank 0 of 1 started" in m for m in messages), messages
+    assert any(m.startswith("step ") and "loss" in m for m in messages), messages
