@@ -1,9 +1,6 @@
 """The PPO policy: our InstructGPT-style PPO from the SFT checkpoint against the frozen reward model."""
 
 
-import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -24,16 +21,6 @@ class PpoConfig(dg.Config, PpoSettings):
     pass
 
 
-def checkpoint_dir_for(artifacts_root: Path, config: PpoSettings, *inputs: Path) -> Path:
-    """A stable place per (config, inputs, code version), so re-running the same config after a crash resumes."""
-    key = json.dumps({
-        "settings": PpoSettings(**config.model_dump()).model_dump(),
-        "inputs": [str(Path(p).resolve()) for p in inputs],
-        "code_version": PPO_CODE_VERSION,
-    }, sort_keys=True)
-    return artifacts_root / ".checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 @dg.asset(group_name="models", code_version=PPO_CODE_VERSION, pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def ppo_policy(
     context: dg.AssetExecutionContext,
@@ -47,18 +34,28 @@ def ppo_policy(
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
     from pipeline.ppo import train_ppo
+    from pipeline.training_checkpoints import checkpoint_key, training_scratch
 
     refuse_if_input_gates_failed(context)
     prompts = [record["prompt"] for record in load_data(ppo_prompts)]
+    context.log.info(f"PPO on {len(prompts)} prompts from {ppo_prompts}")
     store = artifacts.store()
-    checkpoint_dir = checkpoint_dir_for(store.asset_dir("ppo_policy"), config, sft_checkpoint, reward_model, ppo_prompts)
-    context.log.info(f"PPO on {len(prompts)} prompts from {ppo_prompts}; checkpoints in {checkpoint_dir}")
-    with store.stage("ppo_policy") as staged:
+    key = checkpoint_key(
+        PpoSettings(**config.model_dump()),
+        {"sft_checkpoint": sft_checkpoint, "reward_model": reward_model, "ppo_prompts": ppo_prompts},
+    )
+    # Checkpoints outlive a killed run (a re-run with this key resumes) and go once the artifact is committed.
+    with training_scratch(store, "ppo_policy", key) as checkpoints, store.stage("ppo_policy") as staged:
+        if checkpoints.resume_from is not None:
+            context.log.info(f"resuming PPO from {checkpoints.resume_from} (a previous run was interrupted)")
         summary = train_ppo(
-            sft_checkpoint, reward_model, prompts, staged.path, config, checkpoint_dir=checkpoint_dir,
+            sft_checkpoint, reward_model, prompts, staged.path, config, checkpoint_dir=checkpoints.directory,
+            on_step=lambda record: context.log.info(
+                f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
+                f"response length {record['response_length']:.1f}"
+            ),
         )
         write_model_card(staged.path)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if summary["kl_to_sft"] > config.kl_bound:
         context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={config.kl_bound}")
     return artifact_output(staged.path, {

@@ -32,6 +32,10 @@ TRL_VENV = REPO_ROOT / "benchmarks" / ".venv-trl112"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 TORCH_WHEEL_GLOB = "/opt/wheels/torch-2.13.0+cpu-*.whl"
 TRL_REQUIREMENTS = ["trl==1.12.0", "transformers==5.23.0", "accelerate==1.15.0"]
+# Run as a script, this file's folder comes first on sys.path, where `benchmarks/pipeline.py` would
+# shadow the `pipeline` package: look in the repository root instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO_ROOT)
 
 
 # --- workers (run in a child process; the TRL one under the TRL venv's python) ----------------
@@ -199,7 +203,6 @@ def main() -> None:
         worker_main(args.worker)
         return
 
-    sys.path.insert(0, str(REPO_ROOT))
     from transformers import AutoTokenizer
 
     from pipeline.base_model import render_prompt

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ METRICS_FILE = "ppo_train_metrics.jsonl"
 SUMMARY_FILE = "ppo_summary.json"
 CURVES_FILE = "training_curves.png"
 VALUE_MODEL_DIR = "value_model"
-CHECKPOINT_PATTERN = "step-*.pt"
+CHECKPOINT_STATE_FILE = "ppo_state.pt"
 
 
 class PpoSettings(BaseModel):
@@ -334,22 +335,28 @@ def ptx_loss(policy, examples: list[tuple[torch.Tensor, int]], pad_token_id: int
 
 
 def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    """The newest complete `checkpoint-<step>/` (the layout `pipeline.training_checkpoints` resumes from)."""
+    from pipeline.training_checkpoints import complete_checkpoints
+
     if checkpoint_dir is None or not checkpoint_dir.exists():
         return None
-    found = sorted(checkpoint_dir.glob(CHECKPOINT_PATTERN))
-    return found[-1] if found else None
+    found = complete_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
 
 
 def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename) so a crash mid-write never leaves a corrupt latest checkpoint."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / f"step-{state['step']:06d}.pt"
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
-    for older in checkpoint_dir.glob(CHECKPOINT_PATTERN):
-        if older != path:
-            older.unlink(missing_ok=True)
+    """`checkpoint-<step>/ppo_state.pt`, then `trainer_state.json` last: its presence marks the checkpoint complete."""
+    from pipeline.training_checkpoints import CHECKPOINT_PREFIX, TRAINER_STATE_FILE
+
+    path = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path / CHECKPOINT_STATE_FILE)
+    marker = path / (TRAINER_STATE_FILE + ".partial")
+    marker.write_text(json.dumps({"global_step": state["step"], "trainer": "pipeline.ppo"}))
+    os.replace(marker, path / TRAINER_STATE_FILE)
+    for older in checkpoint_dir.iterdir():
+        if older != path and older.name.startswith(CHECKPOINT_PREFIX):
+            shutil.rmtree(older, ignore_errors=True)
     return path
 
 
@@ -426,7 +433,7 @@ def _train_ppo(
     start_step, history = 0, []
     resume_from = latest_checkpoint(checkpoint_dir)
     if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=False)
+        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location=device, weights_only=False)
         accelerator.unwrap_model(policy).load_state_dict(state["policy"])
         accelerator.unwrap_model(value_model).load_state_dict(state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -446,6 +453,7 @@ def _train_ppo(
         with accelerator.autocast():
             rollout = sample_responses(accelerator.unwrap_model(policy), batch, settings.max_new_tokens,
                                        settings.temperature, eos_id, pad_id, generator)
+        generation_seconds = time.perf_counter() - step_started  # sampling syncs on every token (EOS check), so this is its real time
         mask = rollout.response_mask.float()
         input_ids, attention_mask, start = rollout.input_ids, rollout.attention_mask, rollout.query_ids.shape[1]
 
@@ -533,6 +541,8 @@ def _train_ppo(
             "beta": beta,
             "step_seconds": time.perf_counter() - step_started,
             "rollout_seconds": rollout_seconds,
+            "generation_seconds": generation_seconds,
+            "generated_tokens": int(rollout.response_lengths.sum()),
         }
         history.append(record)
         logger.info(

@@ -1,6 +1,7 @@
 """PPO: the equations on hand-computed examples, rollouts, and short training runs on a tiny SFT + RM."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,7 +179,7 @@ def test_training_resumes_from_the_latest_checkpoint(tiny_models, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     with pytest.raises(Crash):
         train_ppo(sft_dir, rm_dir, prompts, tmp_path / "b", settings, checkpoint_dir=checkpoints, on_step=crash_after_step_2)
-    assert [p.name for p in checkpoints.glob("*.pt")] == ["step-000002.pt"]
+    assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-2"]
     resumed = train_ppo(sft_dir, rm_dir, prompts, tmp_path / "b", settings, checkpoint_dir=checkpoints)
     assert resumed["resumed_from_step"] == 2
 
@@ -208,3 +209,36 @@ def test_settings_reject_a_batch_that_minibatches_do_not_divide(tiny_models, tmp
     sft_dir, rm_dir, prompts = tiny_models
     with pytest.raises(ValueError, match="multiple of minibatch_size"):
         train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(batch_size=10, minibatch_size=4, device="cpu"))
+
+
+def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_models, artifacts_root, dagster_instance):
+    import dagster as dg
+
+    from pipeline.data_io import write_jsonl
+    from pipeline.definitions import defs
+    from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactIOManager, ArtifactStoreResource
+
+    sft_dir, rm_dir, prompts = tiny_models
+    prompts_dir = artifacts_root / "ppo_prompts" / "given"
+    prompts_dir.mkdir(parents=True)
+    write_jsonl([{"prompt": p} for p in prompts], prompts_dir / "data.jsonl")
+    for key, path in (("sft_checkpoint", sft_dir), ("reward_model", rm_dir), ("ppo_prompts", prompts_dir)):
+        dagster_instance.report_runless_asset_event(
+            dg.AssetMaterialization(key, metadata={ARTIFACT_PATH_KEY: dg.MetadataValue.path(str(path))})
+        )
+    config = {k: v for k, v in FAST.items() if k != "device"} | {"total_episodes": 64, "n_eval_samples": 1, "checkpoint_every": 1}
+    result = dg.materialize(
+        list(defs.assets), selection=[dg.AssetKey("ppo_policy")], instance=dagster_instance,
+        resources={"artifacts": ArtifactStoreResource(root=str(artifacts_root)), "io_manager": ArtifactIOManager()},
+        run_config={"ops": {"ppo_policy": {"config": config}}},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("ppo_policy")[0].metadata
+    for key in ("rm_score_sft", "rm_score_ppo", "kl_to_sft", "kl_bound", "response_length_sft", "response_length_ppo",
+                "response_length_ratio", "training_curves", "samples"):
+        assert key in metadata, key
+    artifact = Path(metadata[ARTIFACT_PATH_KEY].value)
+    for name in ("ppo_train_metrics.jsonl", "ppo_summary.json", "training_curves.png", "value_model/config.json", "config.json"):
+        assert (artifact / name).exists(), f"{name} missing from {artifact}"
+    checkpoints = artifacts_root / "ppo_policy" / ".checkpoints"
+    assert not any(p.is_dir() for p in checkpoints.glob("*")), "checkpoints are removed once the artifact is committed"
