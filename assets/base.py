@@ -11,6 +11,7 @@ from pipeline.base_model import PretrainSettings, TinyModelSpec
 from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
+from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
 
 MODEL_NAME_FILE = "model_name.txt"
@@ -35,6 +36,8 @@ class BaseProbeConfig(dg.Config):
 @dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """The base checkpoint (HF `save_pretrained` directory with its tokenizer)."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     from pipeline.base_model import build_default_base_model, load_pretrained, resolved_revision
     from pipeline.device import select_device
 
@@ -82,6 +85,8 @@ def base_probe(
     context: dg.AssetExecutionContext, config: BaseProbeConfig, base_model: Path, artifacts: ArtifactStoreResource
 ) -> dg.Output:
     """The base model's answers to a fixed probe prompt set (held-out phrasings)."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.data_generator import PROBE_PROMPTS

@@ -17,6 +17,7 @@ from pipeline import data_generator
 from pipeline.data_io import read_jsonl, write_jsonl
 from pipeline.data_sources import SourceSettings, load_source
 from pipeline.markdown import markdown_table
+from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from quality_gates.schemas import validate_data
 
@@ -107,6 +108,8 @@ def _materialize_data(
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Instruction/answer pairs (prompt, completion) for supervised fine-tuning."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     if config.source:
         records, source = _user_records(context, config, "sft")
     else:
@@ -119,6 +122,8 @@ def preference_data(
     context: dg.AssetExecutionContext, config: PreferenceDataConfig, artifacts: ArtifactStoreResource
 ) -> dg.Output:
     """(prompt, chosen, rejected) pairs for the reward model; rejected answers fail in varied ways."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     if config.source:
         records, source = _user_records(context, config, "preference")
     else:
@@ -129,6 +134,8 @@ def preference_data(
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Prompts the policy answers during PPO rollouts."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:
@@ -139,6 +146,8 @@ def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, art
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def eval_prompts(context: dg.AssetExecutionContext, config: EvalPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Held-out evaluation prompts, disjoint from every training set."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:

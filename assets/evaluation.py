@@ -10,6 +10,7 @@ from assets.data import load_data
 from pipeline.evaluation import EvaluationSettings
 from pipeline.ppo import METRICS_FILE as PPO_METRICS_FILE
 from pipeline.report import EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG
+from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
 
 
@@ -42,6 +43,8 @@ def evaluation_report(
 ) -> dg.Output:
     """`final_eval.md`, `report.html` with plots, `eval.json`: RM scores, checker accuracy, win rates by three
     judges with 95% intervals, KL of PPO to SFT, and reward-hacking spot checks."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     from pipeline.evaluation import compare_with_previous, evaluate
     from pipeline.judges import build_judge
     from pipeline.report import read_training_metrics, write_report

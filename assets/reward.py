@@ -10,6 +10,7 @@ from assets.data import load_data
 from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card
+from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.reward_model import RewardSettings
@@ -30,6 +31,8 @@ def reward_model(
     artifacts: ArtifactStoreResource,
 ) -> dg.Output:
     """Scalar-head reward model with `rm_eval.json`: held-out accuracy, margin, calibration, dropped pairs."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     from pipeline.reward_model import train_reward_model
 
     refuse_if_input_gates_failed(context)

@@ -11,6 +11,7 @@ from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.multi_gpu import PIPES_CLIENT_KEY, LaunchSettings
 from pipeline.model_card import write_model_card
+from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.sft import SftSettings
@@ -33,6 +34,8 @@ def sft_checkpoint(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.Output:
     """SFT policy (HF directory) with `sft_eval.json`: train and held-out loss, format adherence, samples."""
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
     from pipeline.sft import train_sft
     from pipeline.training_checkpoints import checkpoint_key, training_scratch
 

@@ -6,6 +6,7 @@
     rlhf restore ASSET...                             after `dvc pull`: version dirs back from current/
     rlhf materialize ASSET... [-c run_config.yaml]    materialize some assets (the dvc.yaml stages' command)
     rlhf dvc-yaml [--write]                           dvc.yaml stages generated from the asset graph
+    rlhf status [-c run_config.yaml] [--json]         which assets a run would recompute, and why
 
 Each subcommand is a `add_<name>_command(subparsers)` function registering its parser and handler
 (`set_defaults(handler=...)`); add new subcommands the same way in `build_parser`.
@@ -229,6 +230,34 @@ def add_dvc_yaml_command(subparsers) -> None:
     parser.set_defaults(handler=run_dvc_yaml)
 
 
+def run_status(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.definitions import defs
+    from pipeline.incremental import render_status, stale_assets
+
+    run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    job = defs.resolve_job_def(args.job)
+    with open_instance() as instance:
+        results = stale_assets(instance, job, run_config or {}, verify_artifacts=not args.no_verify)
+    if args.json:
+        _print_json({"run_config": args.config or "default profile", "assets": [r.to_dict() for r in results]})
+    else:
+        print(f"against {args.config or 'the default profile (no run config)'}:\n")
+        print(render_status(results))
+    return 0
+
+
+def add_status_command(subparsers) -> None:
+    parser = subparsers.add_parser("status", help="which assets a run would recompute (stale), and why")
+    parser.add_argument("-c", "--config", metavar="RUN_CONFIG",
+                        help="run-config YAML to compare configs with (default: the default profile)")
+    parser.add_argument("--job", default="rlhf_pipeline", help="job whose assets to list (default rlhf_pipeline)")
+    parser.add_argument("--no-verify", action="store_true", help="skip re-hashing artifacts on disk")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=run_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_restore_command(subparsers)
     add_materialize_command(subparsers)
     add_dvc_yaml_command(subparsers)
+    add_status_command(subparsers)
     return parser
 
 
