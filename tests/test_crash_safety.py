@@ -168,3 +168,55 @@ def test_sigkill_during_sft_keeps_artifacts_and_rerun_resumes(tmp_path):
     print(f"\nSFT resume: killed after step {killed_at}, resumed from step {resumed_from} of {total} "
           f"({resumed_from / total:.0%} of training skipped, about {resumed_from * seconds_per_step:.1f}s of "
           f"{total * seconds_per_step:.1f}s); the whole re-run took {rerun_seconds:.1f}s")
+
+
+def ppo_run_config() -> dict:
+    """The tiny profile (its reward model passes the gates that guard PPO) with a PPO of 12 steps."""
+    config = yaml.safe_load((REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml").read_text())
+    config["ops"]["ppo_policy"]["config"].update(
+        {"total_episodes": 48, "batch_size": 4, "minibatch_size": 4, "checkpoint_every": 2, "n_eval_prompts": 2}
+    )
+    config["ops"].pop("base_probe", None)  # not upstream of PPO
+    return config
+
+
+@pytest.mark.slow
+def test_sigkill_during_ppo_keeps_artifacts_and_rerun_resumes(tmp_path):
+    env = job_environment(tmp_path)
+    home, root = Path(env["DAGSTER_HOME"]), Path(env["RLHF_ARTIFACTS_ROOT"])
+    config_path = tmp_path / "run_config.yaml"
+    config_path.write_text(yaml.safe_dump(ppo_run_config()))
+    log_path = tmp_path / "job.log"
+    checkpoints_root = root / "ppo_policy" / CHECKPOINTS_DIR
+
+    def newest_complete_step() -> int:
+        steps = [step for key_dir in checkpoints_root.glob("*") if key_dir.is_dir() for step, _ in complete_checkpoints(key_dir)]
+        return max(steps, default=0)
+
+    targets = "ppo_policy,eval_prompts"
+    process = start_job(env, config_path, targets, log_path)
+    kill_when(process, lambda: newest_complete_step() >= 4, "PPO checkpoint at step 4 (of 12)", log_path)
+    killed_at = newest_complete_step()
+
+    upstream = ("base_model", "sft_data", "preference_data", "ppo_prompts", "sft_checkpoint", "reward_model")
+    before = {asset: materializations(home, asset) for asset in upstream}
+    assert all(len(before[a]) == 1 for a in upstream), "everything PPO reads is materialized before it starts"
+    assert materializations(home, "ppo_policy") == [], "a killed PPO must record no materialization"
+    assert committed_versions(root, "ppo_policy") == [], "a killed PPO must commit no artifact directory"
+    assert_every_materialization_points_to_its_complete_artifact(home, upstream)
+
+    started = time.monotonic()
+    run_job(env, config_path, targets, log_path)
+    rerun_seconds = time.monotonic() - started
+
+    (ppo,) = materializations(home, "ppo_policy")
+    resumed_from = ppo["metadata"]["resumed_from_step"]
+    summary = json.loads((ppo["path"] / "ppo_summary.json").read_text())
+    total = summary["n_steps"]
+    assert killed_at <= resumed_from < total, "the re-run resumes PPO from the newest checkpoint, not from step 0"
+    for asset in upstream:
+        assert materializations(home, asset)[0] == before[asset][0], f"{asset}'s first materialization is unchanged"
+    assert_every_materialization_points_to_its_complete_artifact(home, (*upstream, "ppo_policy"))
+    assert not [p for p in checkpoints_root.glob("*") if p.is_dir()], "checkpoints are removed after success"
+    print(f"\nPPO resume: killed after step {killed_at}, resumed from step {resumed_from} of {total} "
+          f"({resumed_from / total:.0%} of PPO steps skipped); the whole re-run took {rerun_seconds:.1f}s")
