@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -294,6 +295,7 @@ class DvcTracking:
         from dvc.lock import LockError
         from dvc.repo import Repo
 
+        _point_dvc_logging_at_current_streams()
         for attempt in range(attempts):
             try:
                 with _working_directory(self.root), Repo(str(self.root)) as repo:
@@ -303,6 +305,18 @@ class DvcTracking:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(2.0 * (attempt + 1))
+
+
+def _point_dvc_logging_at_current_streams() -> None:
+    """`import dvc` binds its log handlers to the sys.stdout/stderr of that moment; a stream swapped
+    out since (Dagster's compute-log capture, pytest's capture) would be closed, and DVC raises on a
+    failed log write. Re-point them at the current streams before each use."""
+    import logging
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(sys.stderr if handler.level >= logging.WARNING else sys.stdout)
 
 
 @contextmanager

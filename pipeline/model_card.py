@@ -19,10 +19,10 @@ import dagster as dg
 from pipeline.lineage import iso_timestamp, metadata_value
 from pipeline.markdown import markdown_table
 from pipeline.provenance import (
-    code_git_state,
     asset_code_version,
     config_hash,
     current_asset_context,
+    git_state,
     upstream_keys,
 )
 
@@ -67,7 +67,7 @@ def write_model_card(directory: Path, description: str | None = None) -> Path:
     if context is None:
         raise RuntimeError("write_model_card must be called while an asset is being materialized")
     asset = context.asset_key.to_user_string()
-    git = code_git_state()
+    git = git_state()
     config = context.op_config or {}
     inputs = input_records(context)
     lineage = {

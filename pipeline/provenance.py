@@ -21,7 +21,6 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +83,6 @@ def upstream_keys(context: dg.AssetExecutionContext) -> list[dg.AssetKey]:
     return sorted(context.assets_def.asset_deps.get(context.asset_key, ()), key=lambda k: k.to_user_string())
 
 
-@lru_cache(maxsize=1)
-def code_git_state() -> GitState:
-    # One lookup per process: a step process materializes one asset, and `git status` on a large
-    # tree is not free.
-    return git_state()
-
-
 def provenance_metadata(artifact_path: Path) -> dict[str, Any]:
     """Code version, git state, config hash and (when on) DVC record of the asset being materialized."""
     context = current_asset_context()
@@ -101,7 +93,7 @@ def provenance_metadata(artifact_path: Path) -> dict[str, Any]:
             f"asset {context.asset_key.to_user_string()} has no explicit code_version; "
             'set code_version="1" on its @dg.asset so lineage can tell code changes apart'
         )
-    git = code_git_state()
+    git = git_state()  # per materialization: a long-lived process may see new commits
     config = context.op_config
     metadata: dict[str, Any] = {
         CODE_VERSION_KEY: asset_code_version(context),
