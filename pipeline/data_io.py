@@ -65,7 +65,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if blank_line is not None:
                 raise DataError(path, "blank line between records; remove it", row=blank_line)
             try:
-                record = json.loads(line)
+                record = json.loads(line.rstrip("\r\n"))  # so a cut-off line reports its own last column
             except json.JSONDecodeError as error:
                 raise DataError(path, f"malformed JSON ({error.msg} at column {error.colno})", row=line_number) from None
             if not isinstance(record, dict):
