@@ -1,0 +1,251 @@
+"""GPU profile benchmark: stage times, the PPO step split, generated tokens per second, peak GPU memory.
+
+    .venv/bin/python benchmarks/gpu_profile.py                    # pipeline/profiles/gpu.yaml, on the GPU
+    .venv/bin/python benchmarks/gpu_profile.py --reduced          # tiny profile, any device (checks the harness)
+    .venv/bin/python benchmarks/gpu_profile.py --profile my.yaml --stages base_model,sft_data,sft_checkpoint
+
+The job's assets are materialized one at a time, in dependency order, in this process (in-process
+executor) on a fresh Dagster instance and artifacts root, so each stage gets its own wall time and
+its own peak GPU memory (`torch.cuda.max_memory_allocated`, reset before each stage; 0 on a CPU).
+
+- PPO step split: from `ppo_policy`'s `ppo_train_metrics.jsonl` (per step: generation = sampling
+  the responses; scoring = the rest of the rollout: old/reference log-probs, reward, values;
+  training = the PPO epochs), as mean seconds per step and shares of the step.
+- Generated tokens/s: the PPO sampler (`pipeline.ppo_rollout.sample_responses`) on the newest
+  policy (PPO, else SFT, else base) at the profile's PPO batch size and response length, on
+  `eval_prompts`, after one warm-up batch; counts response tokens up to and including EOS.
+
+Writes benchmarks/results/gpu_profile-<device>.json and .md (or under --out) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this directory comes first on sys.path, and benchmarks/pipeline.py would shadow
+# the `pipeline` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+GPU_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "gpu.yaml"
+TINY_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+POLICY_PREFERENCE = ("ppo_policy", "sft_checkpoint", "base_model")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", type=Path, help=f"run-config YAML (default {GPU_PROFILE.name}; --reduced: {TINY_PROFILE.name})")
+    parser.add_argument("--reduced", action="store_true", help="the tiny profile: a quick check that works on a CPU")
+    parser.add_argument("--stages", help="comma-separated asset keys to materialize (default: the whole graph)")
+    parser.add_argument("--generation-batches", type=int, default=3, help="timed sampling batches for tokens/s")
+    parser.add_argument("--keep-artifacts", action="store_true", help="keep the run's artifacts and Dagster instance")
+    parser.add_argument("--out", type=Path, help="where results and the run's artifacts go (default benchmarks/results)")
+    return parser.parse_args(argv)
+
+
+def cuda_peak_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def cuda_peak_gib() -> float:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+
+
+def stage_order(defs, wanted: list[str] | None) -> list[str]:
+    graph = defs.resolve_asset_graph()
+    order = [key.to_user_string() for key in graph.toposorted_asset_keys if graph.get(key).is_materializable]
+    if wanted is None:
+        return order
+    unknown = sorted(set(wanted) - set(order))
+    if unknown:
+        raise SystemExit(f"--stages: {', '.join(unknown)} not in the graph ({', '.join(order)})")
+    return [key for key in order if key in wanted]
+
+
+def run_stages(defs, run_config: dict[str, Any], stages: list[str], instance) -> list[dict[str, Any]]:
+    """Materialize each stage on its own; wall seconds and peak GPU memory per stage."""
+    import dagster as dg
+
+    job = defs.resolve_job_def("rlhf_pipeline")
+    rows = []
+    for key in stages:
+        config = {"ops": {key: run_config["ops"][key]}} if key in run_config.get("ops", {}) else {}
+        cuda_peak_reset()
+        started = time.perf_counter()
+        result = job.execute_in_process(run_config=config, instance=instance, asset_selection=[dg.AssetKey(key)])
+        seconds = time.perf_counter() - started
+        if not result.success:
+            raise SystemExit(f"stage {key} failed (run {result.run_id})")
+        rows.append({"stage": key, "seconds": seconds, "peak_gpu_gib": cuda_peak_gib()})
+        print(f"  {key}: {seconds:.1f} s, peak GPU {rows[-1]['peak_gpu_gib']:.2f} GiB", flush=True)
+    return rows
+
+
+def artifact_path(instance, key: str) -> Path | None:
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    if event is None or event.asset_materialization is None:
+        return None
+    return Path(str(event.asset_materialization.metadata["artifact_path"].value))
+
+
+def ppo_step_split(metrics_file: Path) -> dict[str, Any] | None:
+    """Mean seconds per PPO step in generation, scoring and training, from the trainer's own timings."""
+    steps = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    steps = [s for s in steps if "step_seconds" in s and "rollout_seconds" in s]
+    if not steps:
+        return None
+    mean = lambda field: sum(s[field] for s in steps) / len(steps)  # noqa: E731
+    step, rollout = mean("step_seconds"), mean("rollout_seconds")
+    split: dict[str, Any] = {"n_steps": len(steps), "step_seconds": step, "training_seconds": step - rollout}
+    if all("generation_seconds" in s for s in steps):
+        split["generation_seconds"] = mean("generation_seconds")
+        split["scoring_seconds"] = rollout - split["generation_seconds"]
+        tokens = sum(s.get("generated_tokens", 0) for s in steps)
+        split["generated_tokens_per_second_in_ppo"] = tokens / sum(s["generation_seconds"] for s in steps) if tokens else None
+    else:  # older PPO metrics: only the whole rollout is timed
+        split["rollout_seconds"] = rollout
+    return split
+
+
+def generation_throughput(policy_dir: Path, prompts: list[str], batch_size: int, max_new_tokens: int,
+                          temperature: float, n_batches: int) -> dict[str, Any]:
+    """Response tokens per second of the PPO sampler, after one warm-up batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.device import select_device
+    from pipeline.ppo_rollout import encode_prompts, sample_responses
+
+    choice = select_device("auto")
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=choice.dtype).to(choice.device).eval()
+    generator = torch.Generator(device=choice.device).manual_seed(0)
+    batches = [[prompts[(b * batch_size + i) % len(prompts)] for i in range(batch_size)] for b in range(n_batches + 1)]
+    tokens, seconds = 0, 0.0
+    for index, batch_prompts in enumerate(batches):
+        batch = encode_prompts(tokenizer, batch_prompts, choice.device)
+        cuda_peak_reset()
+        started = time.perf_counter()
+        rollout = sample_responses(model, batch, max_new_tokens, temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        n_tokens = int(rollout.response_lengths.sum())  # syncs
+        if index > 0:  # the first batch warms up kernels and the allocator
+            tokens += n_tokens
+            seconds += time.perf_counter() - started
+    return {
+        "policy": str(policy_dir), "dtype": str(choice.dtype).replace("torch.", ""), "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens, "timed_batches": n_batches, "generated_tokens": tokens,
+        "seconds": seconds, "tokens_per_second": tokens / seconds if seconds else None,
+        "peak_gpu_gib": cuda_peak_gib(),
+    }
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    lines = [f"# GPU profile: {result['device']}", "",
+             f"Profile `{result['profile']}`, {result['timestamp']}, torch {result['torch']}.", "",
+             "| stage | seconds | peak GPU GiB |", "|---|---:|---:|"]
+    lines += [f"| {r['stage']} | {r['seconds']:.1f} | {r['peak_gpu_gib']:.2f} |" for r in result["stages"]]
+    lines.append(f"| **total** | {sum(r['seconds'] for r in result['stages']):.1f} | "
+                 f"{max((r['peak_gpu_gib'] for r in result['stages']), default=0):.2f} |")
+    split = result.get("ppo_step_split")
+    if split:
+        lines += ["", f"PPO step ({split['n_steps']} steps), mean seconds per step:", "",
+                  "| part | seconds | share |", "|---|---:|---:|"]
+        parts = [p for p in ("generation_seconds", "scoring_seconds", "rollout_seconds", "training_seconds") if p in split]
+        lines += [f"| {p.removesuffix('_seconds')} | {split[p]:.3f} | {split[p] / split['step_seconds']:.0%} |" for p in parts]
+    generation = result.get("generation")
+    if generation:
+        lines += ["", f"Generation: {generation['tokens_per_second']:.0f} tokens/s "
+                      f"(batch {generation['batch_size']}, up to {generation['max_new_tokens']} new tokens, "
+                      f"{generation['dtype']}, {generation['generated_tokens']} tokens in {generation['seconds']:.2f} s, "
+                      f"policy `{Path(generation['policy']).parent.name}`)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    profile = args.profile or (TINY_PROFILE if args.reduced else GPU_PROFILE)
+    run_config = yaml.safe_load(profile.read_text()) or {}
+    out = args.out or RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu-profile-", dir=out))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import dagster as dg
+    import torch
+
+    from pipeline import definitions
+    from pipeline.resources import ArtifactStoreResource
+
+    # The same assets, checks and job, writing under this run's own artifacts root.
+    defs = dg.Definitions(
+        assets=definitions.defs.assets, asset_checks=definitions.defs.asset_checks,
+        jobs=[dg.define_asset_job("rlhf_pipeline", selection=dg.AssetSelection.all())],
+        resources={**definitions.defs.resources, "artifacts": ArtifactStoreResource(root=str(work / "artifacts"))},
+    )
+    stages = stage_order(defs, args.stages.split(",") if args.stages else None)
+    print(f"gpu profile: {profile} on {device_name()}, stages: {', '.join(stages)}", flush=True)
+    (work / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(work / "dagster_home")) as instance:
+        rows = run_stages(defs, run_config, stages, instance)
+        result: dict[str, Any] = {
+            "device": device_name(), "profile": str(profile), "torch": torch.__version__,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, "benchmarks/gpu_profile.py", *(argv or sys.argv[1:])]),
+            "stages": rows,
+        }
+        ppo_dir = artifact_path(instance, "ppo_policy")
+        if ppo_dir is not None and (ppo_dir / "ppo_train_metrics.jsonl").exists():
+            result["ppo_step_split"] = ppo_step_split(ppo_dir / "ppo_train_metrics.jsonl")
+        policy_dir = next((p for p in (artifact_path(instance, k) for k in POLICY_PREFERENCE) if p is not None), None)
+        eval_dir = artifact_path(instance, "eval_prompts")
+        if policy_dir is not None:
+            from assets.data import load_data
+
+            prompts = [r["prompt"] for r in load_data(eval_dir)] if eval_dir else ["Explain what a reward model is."]
+            ppo_config = run_config.get("ops", {}).get("ppo_policy", {}).get("config", {})
+            result["generation"] = generation_throughput(
+                policy_dir, prompts, ppo_config.get("batch_size", 64), ppo_config.get("max_new_tokens", 64),
+                ppo_config.get("temperature", 0.7), args.generation_batches,
+            )
+    if not args.keep_artifacts:
+        shutil.rmtree(work, ignore_errors=True)
+    stem = "gpu_profile-" + ("".join(c if c.isalnum() else "_" for c in result["device"]).strip("_")[:40])
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = markdown_report(result)
+    (out / f"{stem}.md").write_text(report)
+    print(report)
+    return result
+
+
+if __name__ == "__main__":
+    main()
