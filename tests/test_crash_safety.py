@@ -26,17 +26,22 @@ from pipeline.training_checkpoints import CHECKPOINTS_DIR, complete_checkpoints
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KILL_TIMEOUT_S = 420
 
-# A small base model (no pretraining: SFT is what is under test) and an SFT long enough to be
-# killed in the middle: about 20 steps per epoch, a checkpoint every 5.
+# The base model of the concurrency test: small, no pretraining.
 TINY_BASE = {"pretrain_steps": 0, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
              "intermediate_size": 64, "pretrain_documents": 100, "vocab_size": 400}
-SFT_RUN_CONFIG = {"ops": {
-    "base_model": {"config": TINY_BASE},
-    "sft_data": {"config": {"n_records": 96}},
-    "eval_prompts": {"config": {"n_records": 8}},  # the SFT data's eval-leak gate reads them
-    "sft_checkpoint": {"config": {"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 5,
-                                  "n_format_samples": 2, "max_new_tokens": 8, "held_out_fraction": 0.05}},
-}}
+
+
+def kill_test_run_config() -> dict:
+    """The tiny profile (its reward model passes the gates that guard PPO) with an SFT of about 60 steps
+    (a checkpoint every 5) and a PPO of 12 steps (a checkpoint every 2), so both can be killed midway."""
+    config = yaml.safe_load((REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml").read_text())
+    ops = config["ops"]
+    ops["sft_checkpoint"]["config"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 5})
+    ops["ppo_policy"]["config"].update(
+        {"total_episodes": 48, "batch_size": 4, "minibatch_size": 4, "checkpoint_every": 2, "n_eval_prompts": 2}
+    )
+    ops.pop("base_probe", None)  # not upstream of PPO
+    return config
 
 
 def job_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -119,104 +124,77 @@ def committed_versions(root: Path, asset: str) -> list[Path]:
     return sorted(p for p in asset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if asset_dir.exists() else []
 
 
+def newest_complete_checkpoint(root: Path, asset: str) -> int:
+    steps = [step for key_dir in (root / asset / CHECKPOINTS_DIR).glob("*") if key_dir.is_dir()
+             for step, _ in complete_checkpoints(key_dir)]
+    return max(steps, default=0)
+
+
+def assert_killed_cleanly(home: Path, root: Path, killed: str, upstream) -> dict:
+    """Nothing of the killed asset was recorded or committed; everything upstream is complete."""
+    assert materializations(home, killed) == [], f"a killed {killed} must record no materialization"
+    assert committed_versions(root, killed) == [], f"a killed {killed} must commit no artifact directory"
+    assert_every_materialization_points_to_its_complete_artifact(home, upstream)
+    return {asset: materializations(home, asset) for asset in upstream}
+
+
 @pytest.mark.slow
-def test_sigkill_during_sft_keeps_artifacts_and_rerun_resumes(tmp_path):
+def test_sigkill_during_sft_and_during_ppo_then_each_rerun_resumes(tmp_path):
+    """Run 1 is killed mid-SFT; run 2 (the same job) resumes SFT, trains the RM and is killed mid-PPO;
+    run 3 resumes PPO and finishes."""
     env = job_environment(tmp_path)
     home, root = Path(env["DAGSTER_HOME"]), Path(env["RLHF_ARTIFACTS_ROOT"])
     config_path = tmp_path / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump(SFT_RUN_CONFIG))
+    config_path.write_text(yaml.safe_dump(kill_test_run_config()))
     log_path = tmp_path / "job.log"
-    checkpoints_root = root / "sft_checkpoint" / CHECKPOINTS_DIR
+    targets = "ppo_policy,eval_prompts"  # and everything upstream
 
-    def newest_complete_step() -> int:
-        steps = [step for key_dir in checkpoints_root.glob("*") if key_dir.is_dir() for step, _ in complete_checkpoints(key_dir)]
-        return max(steps, default=0)
-
-    process = start_job(env, config_path, "sft_checkpoint,eval_prompts", log_path)
-    kill_when(process, lambda: newest_complete_step() >= 40, "SFT checkpoint at step 40 (of about 90)", log_path)
-    killed_at = newest_complete_step()
-
-    upstream = ("base_model", "sft_data")
-    before = {asset: materializations(home, asset) for asset in upstream}
-    assert all(len(before[a]) == 1 for a in upstream), "base_model and sft_data finish before SFT starts"
-    assert materializations(home, "sft_checkpoint") == [], "a killed SFT must record no materialization"
-    assert committed_versions(root, "sft_checkpoint") == [], "a killed SFT must commit no artifact directory"
-    assert_every_materialization_points_to_its_complete_artifact(home, upstream)
+    # Run 1: killed once SFT has a checkpoint at step 20 or later.
+    process = start_job(env, config_path, targets, log_path)
+    kill_when(process, lambda: newest_complete_checkpoint(root, "sft_checkpoint") >= 20, "SFT checkpoint at step 20", log_path)
+    sft_killed_at = newest_complete_checkpoint(root, "sft_checkpoint")
+    before_sft = assert_killed_cleanly(home, root, "sft_checkpoint", ("base_model", "sft_data"))
     assert list((root / "sft_checkpoint").glob(f"{STAGING_PREFIX}*")), "the killed run's staging dir is left (and swept later)"
 
-    started = time.monotonic()
-    run_job(env, config_path, "sft_checkpoint,eval_prompts", log_path)  # the same job again
-    rerun_seconds = time.monotonic() - started
+    # Run 2: the same job again; killed once PPO has a checkpoint at step 4 or later.
+    process = start_job(env, config_path, targets, log_path)
+    kill_when(process, lambda: newest_complete_checkpoint(root, "ppo_policy") >= 4, "PPO checkpoint at step 4", log_path)
+    ppo_killed_at = newest_complete_checkpoint(root, "ppo_policy")
+    upstream_of_ppo = ("base_model", "sft_data", "preference_data", "ppo_prompts", "sft_checkpoint", "reward_model")
+    before_ppo = assert_killed_cleanly(home, root, "ppo_policy", upstream_of_ppo)
 
     (sft,) = materializations(home, "sft_checkpoint")
-    resumed_from, total = sft["metadata"]["resumed_from_step"], sft["metadata"]["total_steps"]
-    assert killed_at <= resumed_from < total, "the re-run resumes from the newest checkpoint, not from step 0"
+    sft_resumed, sft_total = sft["metadata"]["resumed_from_step"], sft["metadata"]["total_steps"]
+    assert sft_killed_at <= sft_resumed < sft_total, "run 2 resumes SFT from the newest checkpoint, not from step 0"
     sft_eval = json.loads((sft["path"] / "sft_eval.json").read_text())
-    assert sft_eval["resumed_from_step"] == resumed_from
+    assert sft_eval["resumed_from_step"] == sft_resumed
     assert sft_eval["loss_curve"][0]["step"] <= 5, "the loss curve keeps the steps trained before the kill"
-
-    # Earlier artifacts are untouched; the re-run reuses them (pipeline.incremental), so SFT sees the same
-    # inputs and finds its checkpoints under the same key.
-    for asset in upstream:
-        after = materializations(home, asset)
-        assert after[0] == before[asset][0]
-        assert after[-1]["hash"] == before[asset][0]["hash"], f"{asset}: the re-run reads the same content"
-    assert_every_materialization_points_to_its_complete_artifact(home, (*upstream, "sft_checkpoint"))
+    # The earlier artifacts are untouched, and run 2 read the same content (reused: pipeline.incremental),
+    # which is why SFT found its checkpoints under the same key.
+    for asset, records in before_sft.items():
+        assert materializations(home, asset)[0] == records[0]
+        assert materializations(home, asset)[-1]["hash"] == records[0]["hash"]
     assert not list((root / "sft_checkpoint").glob(f"{STAGING_PREFIX}*")), "abandoned staging dir is swept"
-    assert not [p for p in checkpoints_root.iterdir() if p.is_dir()], "checkpoints are removed after success"
-    seconds_per_step = sft_eval["train_seconds_this_run"] / (total - resumed_from)
-    print(f"\nSFT resume: killed after step {killed_at}, resumed from step {resumed_from} of {total} "
-          f"({resumed_from / total:.0%} of training skipped, about {resumed_from * seconds_per_step:.1f}s of "
-          f"{total * seconds_per_step:.1f}s); the whole re-run took {rerun_seconds:.1f}s")
+    assert not [p for p in (root / "sft_checkpoint" / CHECKPOINTS_DIR).iterdir() if p.is_dir()], \
+        "SFT checkpoints are removed after success"
 
-
-def ppo_run_config() -> dict:
-    """The tiny profile (its reward model passes the gates that guard PPO) with a PPO of 12 steps."""
-    config = yaml.safe_load((REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml").read_text())
-    config["ops"]["ppo_policy"]["config"].update(
-        {"total_episodes": 48, "batch_size": 4, "minibatch_size": 4, "checkpoint_every": 2, "n_eval_prompts": 2}
-    )
-    config["ops"].pop("base_probe", None)  # not upstream of PPO
-    return config
-
-
-@pytest.mark.slow
-def test_sigkill_during_ppo_keeps_artifacts_and_rerun_resumes(tmp_path):
-    env = job_environment(tmp_path)
-    home, root = Path(env["DAGSTER_HOME"]), Path(env["RLHF_ARTIFACTS_ROOT"])
-    config_path = tmp_path / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump(ppo_run_config()))
-    log_path = tmp_path / "job.log"
-    checkpoints_root = root / "ppo_policy" / CHECKPOINTS_DIR
-
-    def newest_complete_step() -> int:
-        steps = [step for key_dir in checkpoints_root.glob("*") if key_dir.is_dir() for step, _ in complete_checkpoints(key_dir)]
-        return max(steps, default=0)
-
-    targets = "ppo_policy,eval_prompts"
-    process = start_job(env, config_path, targets, log_path)
-    kill_when(process, lambda: newest_complete_step() >= 4, "PPO checkpoint at step 4 (of 12)", log_path)
-    killed_at = newest_complete_step()
-
-    upstream = ("base_model", "sft_data", "preference_data", "ppo_prompts", "sft_checkpoint", "reward_model")
-    before = {asset: materializations(home, asset) for asset in upstream}
-    assert all(len(before[a]) == 1 for a in upstream), "everything PPO reads is materialized before it starts"
-    assert materializations(home, "ppo_policy") == [], "a killed PPO must record no materialization"
-    assert committed_versions(root, "ppo_policy") == [], "a killed PPO must commit no artifact directory"
-    assert_every_materialization_points_to_its_complete_artifact(home, upstream)
-
+    # Run 3: resumes PPO.
     started = time.monotonic()
     run_job(env, config_path, targets, log_path)
     rerun_seconds = time.monotonic() - started
-
     (ppo,) = materializations(home, "ppo_policy")
-    resumed_from = ppo["metadata"]["resumed_from_step"]
-    summary = json.loads((ppo["path"] / "ppo_summary.json").read_text())
-    total = summary["n_steps"]
-    assert killed_at <= resumed_from < total, "the re-run resumes PPO from the newest checkpoint, not from step 0"
-    for asset in upstream:
-        assert materializations(home, asset)[0] == before[asset][0], f"{asset}'s first materialization is unchanged"
-    assert_every_materialization_points_to_its_complete_artifact(home, (*upstream, "ppo_policy"))
-    assert not [p for p in checkpoints_root.glob("*") if p.is_dir()], "checkpoints are removed after success"
-    print(f"\nPPO resume: killed after step {killed_at}, resumed from step {resumed_from} of {total} "
-          f"({resumed_from / total:.0%} of PPO steps skipped); the whole re-run took {rerun_seconds:.1f}s")
+    ppo_resumed = ppo["metadata"]["resumed_from_step"]
+    ppo_total = json.loads((ppo["path"] / "ppo_summary.json").read_text())["n_steps"]
+    assert ppo_killed_at <= ppo_resumed < ppo_total, "run 3 resumes PPO from the newest checkpoint, not from step 0"
+    for asset, records in before_ppo.items():
+        assert materializations(home, asset)[0] == records[0], f"{asset}'s first materialization is unchanged"
+    assert_every_materialization_points_to_its_complete_artifact(home, (*upstream_of_ppo, "ppo_policy"))
+    assert not [p for p in (root / "ppo_policy" / CHECKPOINTS_DIR).glob("*") if p.is_dir()], \
+        "PPO checkpoints are removed after success"
+
+    seconds_per_sft_step = sft_eval["train_seconds_this_run"] / (sft_total - sft_resumed)
+    print(f"\nSFT resume: killed after step {sft_killed_at}, resumed from step {sft_resumed} of {sft_total} "
+          f"({sft_resumed / sft_total:.0%} of SFT skipped, about {sft_resumed * seconds_per_sft_step:.1f}s of "
+          f"{sft_total * seconds_per_sft_step:.1f}s)")
+    print(f"PPO resume: killed after step {ppo_killed_at}, resumed from step {ppo_resumed} of {ppo_total} "
+          f"({ppo_resumed / ppo_total:.0%} of PPO steps skipped); run 3 took {rerun_seconds:.1f}s")
