@@ -31,6 +31,7 @@ class BaseModelConfig(dg.Config, TinyModelSpec, PretrainSettings):
 
 class BaseProbeConfig(dg.Config):
     max_new_tokens: int = Field(48, gt=0)
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
 
 @dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
@@ -90,10 +91,12 @@ def base_probe(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.data_generator import PROBE_PROMPTS
+    from pipeline.device import select_device
     from pipeline.generation import generate
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, use_safetensors=True)
+    choice = select_device(config.device)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=choice.dtype, use_safetensors=True).to(choice.device)
     generations = generate(model, tokenizer, PROBE_PROMPTS, max_new_tokens=config.max_new_tokens)
     rows = [
         {"prompt": g.prompt, "response": g.response, "ended_with_eos": g.ended_with_eos, "n_tokens": g.n_tokens}

@@ -143,9 +143,13 @@ def pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     generator = torch.Generator().manual_seed(settings.seed)
     losses = []
+    # On a GPU with bf16, mixed precision as in the trainers (fp32 weights and optimizer state).
+    bf16_autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                   enabled=device.type == "cuda" and torch.cuda.is_bf16_supported())
     for step in range(settings.pretrain_steps):
         batch = data[torch.randint(0, n_chunks, (settings.pretrain_batch_size,), generator=generator)].to(device)
-        loss = model(input_ids=batch, labels=batch).loss
+        with bf16_autocast:
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -32,7 +32,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.data_io import write_jsonl
-from pipeline.device import select_device
 
 WORKER_MODULE = "pipeline.multi_gpu_worker"
 METRICS_MESSAGE = "metrics"  # `kind` of the Pipes custom message that carries a stage's metrics
@@ -154,11 +153,14 @@ def run_under_accelerate(
     """
     import dagster as dg
 
-    use_cpu = select_device(getattr(settings, "device", "auto")).device.type == "cpu"
+    import torch
+
+    # Not select_device: this process must not claim a GPU of its own, the launched ranks use them all.
+    use_cpu = getattr(settings, "device", "auto") == "cpu" or not torch.cuda.is_available()
     check_launch(launch, use_cpu)
     if use_cpu:
         settings = settings.model_copy(update={"device": "cpu"})
-    mixed_precision = "no" if use_cpu or not select_device("auto").use_bf16 else "bf16"
+    mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
     with tempfile.TemporaryDirectory(prefix=f"{stage}-accelerate-") as scratch:
         scratch_dir = Path(scratch)
         if launch.accelerate_config_file:

@@ -125,3 +125,40 @@ def test_gpu_pool_limit_serializes_gpu_steps_in_the_multiprocess_executor(tmp_pa
     (a_start, a_end), (b_start, b_end) = intervals["gpu_a"], intervals["gpu_b"]
     assert a_end <= b_start or b_end <= a_start, f"GPU steps overlapped: {intervals}"
     assert "cpu" in intervals
+
+
+def test_each_gpu_step_process_claims_its_own_gpu(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    import torch
+
+    from pipeline import device
+
+    monkeypatch.setattr(device, "_claimed_gpu", {})
+    monkeypatch.setenv(device.GPU_LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+
+    # Another step process holds GPU 0.
+    other = os.open(tmp_path / "gpu-0.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        choice = device.select_device("auto")
+        assert choice.device == torch.device("cuda:1") and choice.use_bf16
+        assert current == [torch.device("cuda:1")], "the trainers' current device follows the claim"
+        assert device.select_device("auto").device == torch.device("cuda:1"), "a process keeps its GPU"
+
+        monkeypatch.setattr(device, "_claimed_gpu", {})
+        assert device.claim_gpu_index(2, tmp_path) == 0, "every GPU claimed (by this process and the other): share GPU 0"
+    finally:
+        os.close(other)
+
+    monkeypatch.setattr(device, "_claimed_gpu", {})
+    monkeypatch.setenv("LOCAL_RANK", "3")  # under accelerate launch, accelerate places each rank
+    assert device.select_device("auto").device == torch.device("cuda")
+    assert device.claim_gpu_index(1, tmp_path) is None
