@@ -15,7 +15,7 @@ for in-process training.
 
 Config switch (on `sft_checkpoint`): `launcher: accelerate`, `num_processes: N`,
 `distributed: ddp | deepspeed_zero2 | deepspeed_zero3 | fsdp` (or `accelerate_config_file`).
-DeepSpeed is an optional install (`pip install -e '.[deepspeed]'`); DDP and FSDP need only torch.
+DeepSpeed is not a dependency of the CPU install: add `deepspeed` to the GPU image; DDP and FSDP need only torch.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster_shared.yaml_utils import merge_yamls
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.execution.api import create_execution_plan
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_k8s_job_name, get_user_defined_k8s_config
@@ -100,6 +101,11 @@ def test_k8s_profile_is_valid_run_config_for_the_k8s_executor():
     job = dg.Definitions(assets=all_assets, jobs=[k8s_job], resources=defs.resources).resolve_job_def("rlhf_pipeline")
     profile = yaml.safe_load((REPO_ROOT / "pipeline" / "profiles" / "k8s.yaml").read_text())
     assert dg.validate_run_config(job, profile)
+    # `-c gpu.yaml -c k8s.yaml`: Dagster deep-merges the files.
+    merged = merge_yamls([str(REPO_ROOT / "pipeline" / "profiles" / name) for name in ("gpu.yaml", "k8s.yaml")])
+    assert dg.validate_run_config(job, merged)
+    sft_config = merged["ops"]["sft_checkpoint"]["config"]
+    assert sft_config["launcher"] == "accelerate" and sft_config["num_processes"] == 4 and "learning_rate" in sft_config
     with pytest.raises(ValueError, match="RLHF_EXECUTOR"):
         pipeline_executor("slurm")
 
