@@ -210,6 +210,7 @@ class DvcTracking:
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
+                _point_dvc_logging_at_current_streams()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -295,7 +296,6 @@ class DvcTracking:
         from dvc.lock import LockError
         from dvc.repo import Repo
 
-        _point_dvc_logging_at_current_streams()
         for attempt in range(attempts):
             try:
                 with _working_directory(self.root), Repo(str(self.root)) as repo:
@@ -313,10 +313,17 @@ def _point_dvc_logging_at_current_streams() -> None:
     failed log write. Re-point them at the current streams before each use."""
     import logging
 
+    import dvc  # noqa: F401  (its import installs the handlers this re-points)
+
     for name in ("dvc", "dvc_objects", "dvc_data"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler):
-                handler.setStream(sys.stderr if handler.level >= logging.WARNING else sys.stdout)
+                # Not setStream(): it flushes the old stream, which may be closed.
+                handler.acquire()
+                try:
+                    handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
+                finally:
+                    handler.release()
 
 
 @contextmanager
