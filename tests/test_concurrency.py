@@ -117,3 +117,53 @@ def test_two_concurrent_job_runs_keep_artifacts_instance_and_dvc_consistent(tmp_
     # The token in the environment of both runs appears in no artifact, database, log or output.
     leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and FAKE_HF_TOKEN.encode() in p.read_bytes()]
     assert leaks == [], f"access token written to {leaks}"
+
+
+def test_sweep_removes_abandoned_staging_but_never_a_live_one(tmp_path):
+    from pipeline.artifacts import ArtifactStore, sweep_abandoned_staging
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    parent = store.asset_dir("sft_data")
+    parent.mkdir(parents=True)
+    abandoned = parent / f"{STAGING_PREFIX}abandoned"  # what a killed writer leaves: no lock held
+    abandoned.mkdir()
+    (abandoned / "half_written.bin").write_bytes(b"\0" * 10)
+    with store.stage("sft_data") as staged:  # sweeps on entry
+        assert not abandoned.exists()
+        (staged.path / "data.jsonl").write_text("{}\n")
+        # flock is per open file, so a sweep from this same process sees the lock as another writer's.
+        assert sweep_abandoned_staging(parent) == [] and staged.path.exists()
+    assert staged.path.is_dir() and not staged.path.name.startswith(".")
+    assert sorted(p.name for p in parent.iterdir()) == [staged.path.name], "no staging dir or lock file is left"
+
+
+def test_two_trainings_with_one_key_do_not_share_checkpoints(tmp_path):
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.training_checkpoints import training_scratch
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    with training_scratch(store, "sft_checkpoint", "key1") as first:
+        (first.directory / "checkpoint-5").mkdir()
+        (first.directory / "checkpoint-5" / "trainer_state.json").write_text("{}")
+        with training_scratch(store, "sft_checkpoint", "key1") as second:
+            assert first.shared and not second.shared
+            assert second.directory != first.directory and second.resume_from is None
+        assert not second.directory.exists(), "a private directory is removed: nobody could resume from it"
+    assert not first.directory.exists(), "checkpoints go once the training block succeeds"
+
+
+def test_a_failed_training_keeps_its_checkpoints_for_the_next_run(tmp_path):
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.training_checkpoints import training_scratch
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    with pytest.raises(RuntimeError):
+        with training_scratch(store, "sft_checkpoint", "key2") as scratch:
+            for step in (5, 10):
+                (scratch.directory / f"checkpoint-{step}").mkdir()
+                (scratch.directory / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+            (scratch.directory / "checkpoint-15").mkdir()  # killed while saving: no trainer state yet
+            raise RuntimeError("out of memory")
+    with training_scratch(store, "sft_checkpoint", "key2") as again:
+        assert again.resume_from == again.directory / "checkpoint-10" and again.resume_step == 10
+        assert not (again.directory / "checkpoint-15").exists(), "the incomplete checkpoint is dropped"
