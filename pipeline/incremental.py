@@ -44,7 +44,14 @@ from typing import Any
 import dagster as dg
 
 from pipeline.artifacts import content_hash
-from pipeline.provenance import CONFIG_HASH_KEY, CONFIG_KEY, asset_code_version, config_hash, upstream_keys
+from pipeline.provenance import (
+    CONFIG_HASH_KEY,
+    CONFIG_KEY,
+    asset_code_version,
+    config_hash,
+    dvc_record_metadata,
+    upstream_keys,
+)
 
 REUSED_FROM_RUN_KEY = "reused_from_run"
 RECOMPUTE_TAG = "rlhf/recompute"
@@ -185,6 +192,7 @@ def reused_output(record: dg.EventLogRecord) -> dg.Output:
     origin = _value(metadata.get(REUSED_FROM_RUN_KEY)) or record.run_id
     metadata[REUSED_FROM_RUN_KEY] = dg.MetadataValue.text(str(origin))
     data_version = recorded_data_version(record) or _value(metadata[CONTENT_HASH_KEY])
+    metadata.update(dvc_record_metadata(Path(str(_value(metadata[ARTIFACT_PATH_KEY])))))  # DVC follows the reuse
     return dg.Output(
         value=Path(str(_value(metadata[ARTIFACT_PATH_KEY]))),
         data_version=dg.DataVersion(data_version),

@@ -102,12 +102,23 @@ def provenance_metadata(artifact_path: Path) -> dict[str, Any]:
         CONFIG_HASH_KEY: config_hash(config),
         CONFIG_KEY: dg.MetadataValue.json(config or {}),
     }
+    metadata.update(dvc_record_metadata(artifact_path))
+    return metadata
+
+
+def dvc_record_metadata(artifact_path: Path) -> dict[str, Any]:
+    """Record the artifact of the asset being materialized with DVC (when tracking is on).
+
+    Also for an output that re-emits an earlier artifact (an incremental run reusing it), so that
+    `current/` and dvc.lock follow whatever Dagster's latest materialization points to.
+    """
     from pipeline import dvc_tracking
 
-    tracking = dvc_tracking.tracking_for(artifact_path)
-    if tracking is not None:
-        asset_name = context.asset_key.to_user_string()
-        context.log.info(f"recording {asset_name} with DVC in {tracking.root}")
-        record = tracking.record(asset_name, artifact_path, [k.to_user_string() for k in upstream_keys(context)])
-        metadata.update(record.as_metadata())
-    return metadata
+    context = current_asset_context()
+    tracking = dvc_tracking.tracking_for(artifact_path) if context is not None else None
+    if tracking is None:
+        return {}
+    asset_name = context.asset_key.to_user_string()
+    context.log.info(f"recording {asset_name} with DVC in {tracking.root}")
+    record = tracking.record(asset_name, artifact_path, [k.to_user_string() for k in upstream_keys(context)])
+    return record.as_metadata()

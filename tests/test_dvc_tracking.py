@@ -11,6 +11,7 @@ import yaml
 from pipeline.artifacts import content_hash
 from pipeline.dvc_tracking import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, restore_version, tracking_for
 from pipeline.lineage import upstream_tree
+from pipeline.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
 from test_lineage import materialize_toy, toy_data, toy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +160,29 @@ def test_repository_dvc_yaml_matches_the_asset_graph():
                    "sft_checkpoint", "reward_model", "ppo_policy", "evaluation_report"}
     assert set(committed) <= set(graph) | design_keys
     assert design_keys <= set(committed)
+
+
+@dg.asset(code_version="1")
+def toy_reused(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource) -> dg.Output:
+    from pipeline.incremental import reuse_if_unchanged
+
+    if (reused := reuse_if_unchanged(context)) is not None:
+        return reused
+    with artifacts.store().stage("toy_reused") as staged:
+        (staged.path / "file.txt").write_text("computed once")
+    return artifact_output(staged.path, {})
+
+
+def test_a_reused_artifact_is_recorded_too(dvc_project, dagster_instance, monkeypatch):
+    """An incremental run that reuses an artifact recorded while DVC was off still leaves DVC up to date."""
+    resources = {"artifacts": ArtifactStoreResource(root=str(dvc_project / "artifacts")), "io_manager": ArtifactIOManager()}
+    monkeypatch.setenv("RLHF_DVC", "off")
+    assert dg.materialize([toy_reused], instance=dagster_instance, resources=resources).success
+    assert not (dvc_project / "dvc.lock").exists()
+    monkeypatch.delenv("RLHF_DVC")
+    assert dg.materialize([toy_reused], instance=dagster_instance, resources=resources).success
+    metadata = _metadata(dagster_instance, "toy_reused")
+    assert metadata["reused_from_run"].value
+    assert _lock(dvc_project)["toy_reused"]["outs"][0]["md5"] == metadata["dvc_md5"].value
+    status = DvcTracking(dvc_project).status()
+    assert "toy_reused" not in status, status
