@@ -11,6 +11,7 @@ from pipeline.evaluation import EvaluationSettings
 from pipeline.ppo import METRICS_FILE as PPO_METRICS_FILE
 from pipeline.report import EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG
 from pipeline.incremental import reuse_if_unchanged
+from pipeline.execution import gpu_op_tags
 from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
 
 
@@ -30,7 +31,7 @@ def recent_reports(instance: dg.DagsterInstance, asset_key: dg.AssetKey, limit: 
     return paths
 
 
-@dg.asset(group_name="evaluation", code_version="1", pool="gpu", kinds={"pytorch"})
+@dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
 def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,
