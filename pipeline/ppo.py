@@ -16,6 +16,7 @@ One PPO step (`train_ppo`, steps 1-5):
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -55,11 +56,15 @@ class PpoSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    total_episodes: int = Field(384, gt=0, description="prompts answered during training (steps = total_episodes // batch_size)")
+    total_episodes: int = Field(512, gt=0, description="prompts answered during training (steps = total_episodes // batch_size)")
     batch_size: int = Field(64, gt=0, description="prompts per rollout (one PPO step)")
     minibatch_size: int = Field(32, gt=0, description="rollout rows per gradient step")
     ppo_epochs: int = Field(2, gt=0, description="passes over each rollout")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of policy and value model")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy")
+    value_learning_rate: float | None = Field(
+        1e-3, gt=0, description="AdamW learning rate of the value model (None: learning_rate); the value head "
+        "starts as the RM and must learn per-token returns quickly for useful advantages"
+    )
     max_new_tokens: int = Field(64, gt=0, description="maximum response length")
     temperature: float = Field(0.7, gt=0, description="sampling temperature; log-probs use the same scaling")
     kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
@@ -84,7 +89,7 @@ class PpoSettings(BaseModel):
     lora_alpha: int = Field(16, gt=0)
     checkpoint_every: int = Field(5, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
     n_eval_prompts: int = Field(16, ge=0, description="held-out prompts (the tail of ppo_prompts) for the SFT-vs-PPO evaluation")
-    n_eval_samples: int = Field(4, gt=0, description="sampled answers per held-out prompt")
+    n_eval_samples: int = Field(8, gt=0, description="sampled answers per held-out prompt")
     cpu_threads: int | None = Field(
         1, gt=0, description="torch threads on CPU during PPO (None keeps torch's setting); small models run "
         "fastest single-threaded, and multi-threaded waits collapse on a shared, busy CPU"
@@ -363,6 +368,24 @@ def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
 # --- training ---------------------------------------------------------------------------------
 
 
+def cpu_threads_from_settings(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Run `train` with `settings.cpu_threads` torch threads on CPU, restoring the caller's setting afterwards."""
+
+    @functools.wraps(train)
+    def with_threads(*args, **kwargs):
+        settings = kwargs["settings"] if "settings" in kwargs else args[4]
+        threads_before = torch.get_num_threads()
+        if settings.cpu_threads is not None and select_device(settings.device).device.type == "cpu":
+            torch.set_num_threads(settings.cpu_threads)
+        try:
+            return train(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    return with_threads
+
+
+@cpu_threads_from_settings
 def train_ppo(
     sft_dir: Path,
     reward_model_dir: Path,
@@ -378,25 +401,6 @@ def train_ppo(
     Returns the summary (also written to `ppo_summary.json`). With `checkpoint_dir`, a checkpoint is
     saved every `checkpoint_every` steps and training resumes from the latest one found there.
     """
-    threads_before = torch.get_num_threads()
-    if settings.cpu_threads is not None and select_device(settings.device).device.type == "cpu":
-        torch.set_num_threads(settings.cpu_threads)
-    try:
-        return _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _train_ppo(
-    sft_dir: Path,
-    reward_model_dir: Path,
-    prompts: Sequence[str],
-    output_dir: Path,
-    settings: PpoSettings,
-    ptx_records: Sequence[dict[str, Any]] | None = None,
-    checkpoint_dir: Path | None = None,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from pipeline.ppo_report import evaluate_against_reference, plot_training_curves, save_models
@@ -418,8 +422,13 @@ def _train_ppo(
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     train_prompts, eval_prompts = split_eval_prompts(prompts, settings.n_eval_prompts)
     ptx_examples = encode_ptx_records(tokenizer, ptx_records or [], device) if settings.ptx_coef > 0 else []
-    trainable = [p for p in [*policy.parameters(), *value_model.parameters()] if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
+    policy_parameters = [p for p in policy.parameters() if p.requires_grad]
+    value_parameters = list(value_model.parameters())
+    trainable = policy_parameters + value_parameters
+    optimizer = torch.optim.AdamW([
+        {"params": policy_parameters, "lr": settings.learning_rate},
+        {"params": value_parameters, "lr": settings.value_learning_rate or settings.learning_rate},
+    ], eps=1e-5)
     policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
     reference_policy = ReferencePolicy(accelerator.unwrap_model(policy), reference)
     kl_controller = (
