@@ -80,10 +80,13 @@ class DvcTrackingError(RuntimeError):
 class DvcRecord:
     stage: str
     out: str  # relative to the DVC root, as in dvc.yaml / dvc.lock
-    md5: str  # DVC's directory hash ("<md5>.dir"), as in dvc.lock
+    md5: str | None  # DVC's directory hash ("<md5>.dir"), as in dvc.lock; None under `dvc repro`
 
     def as_metadata(self) -> dict[str, Any]:
-        return {DVC_STAGE_KEY: self.stage, DVC_OUT_KEY: self.out, DVC_MD5_KEY: self.md5}
+        metadata = {DVC_STAGE_KEY: self.stage, DVC_OUT_KEY: self.out}
+        if self.md5 is not None:
+            metadata[DVC_MD5_KEY] = self.md5
+        return metadata
 
 
 def find_dvc_project(artifacts_root: Path) -> Path | None:
@@ -189,8 +192,9 @@ class DvcTracking:
             publish_current(version_dir)
             self._sync_stage(asset_name, spec)
             if os.environ.get("DVC_STAGE"):
-                # Running under `dvc repro`, which holds the repo lock and commits the stage itself.
-                return DvcRecord(asset_name, spec["outs"][0], "committed-by-dvc-repro")
+                # Running under `dvc repro`, which holds the repo lock and commits the stage (and
+                # computes its hash) after this command exits.
+                return DvcRecord(asset_name, spec["outs"][0], None)
             missing = [dep for dep in spec.get("deps", []) if not (self.root / dep).exists()]
             if missing:
                 logger.warning(
