@@ -59,15 +59,35 @@ def run_config_for(profile: dict[str, Any], executor: str, ppo_change: dict[str,
     return config
 
 
-def execute_job(home: Path, artifacts_root: Path, run_config: dict[str, Any], label: str) -> dict[str, Any]:
+def snapshot_code(workdir: Path) -> Path:
+    """A copy of the working tree's code (tracked and untracked, not ignored files) that every run uses.
+
+    The runs of one benchmark then see the same code even while the tree is being edited, so a
+    re-run is not made stale by someone else's change landing between two runs.
+    """
+    listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    code_dir = workdir / "code"
+    for name in filter(None, listing.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (code_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, code_dir / name)
+    return code_dir
+
+
+def execute_job(
+    code_dir: Path, home: Path, artifacts_root: Path, run_config: dict[str, Any], label: str
+) -> dict[str, Any]:
     """Run `dagster job execute` once; its wall time, and per-step compute and reuse from the event log."""
     config_path = home / f"{label}.yaml"
     config_path.write_text(yaml.safe_dump(run_config))
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RLHF_ARTIFACTS_ROOT": str(artifacts_root), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "RLHF_ARTIFACTS_ROOT": str(artifacts_root), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(code_dir)}  # ahead of the editable install's path to the live tree
     command = [str(DAGSTER_BIN), "job", "execute", "-m", "pipeline.definitions", "-j", "rlhf_pipeline", "-c", str(config_path)]
     print(f"[{label}] {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=code_dir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     (home / f"{label}.log").write_text(completed.stdout + completed.stderr)
     timing = run_timing(home)
@@ -79,12 +99,12 @@ def execute_job(home: Path, artifacts_root: Path, run_config: dict[str, Any], la
     return timing
 
 
-def run_timing(home: Path) -> dict[str, Any]:
-    """The latest run's step durations, run duration, and which assets it computed or reused."""
+def run_timing(home: Path, run_id: str | None = None) -> dict[str, Any]:
+    """A run's (default: the latest's) step durations, run duration, and which assets it computed or reused."""
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        run = instance.get_runs(limit=1)[0]
+        run = instance.get_run_by_id(run_id) if run_id else instance.get_runs(limit=1)[0]
         stats = instance.get_run_stats(run.run_id)
         starts: dict[str, float] = {}
         steps: dict[str, float] = {}
@@ -120,13 +140,14 @@ def artifact_of(home: Path, asset: str) -> Path:
         return Path(str(record.asset_materialization.metadata["artifact_path"].value))
 
 
-def benchmark_executor(profile: dict[str, Any], executor: str, workdir: Path) -> dict[str, Any]:
+def benchmark_executor(profile: dict[str, Any], executor: str, workdir: Path, code_dir: Path) -> dict[str, Any]:
     home, artifacts_root = workdir / executor / "dagster_home", workdir / executor / "artifacts"
     home.mkdir(parents=True)
     (home / "dagster.yaml").write_text((REPO_ROOT / ".dagster" / "dagster.yaml").read_text())
-    full = execute_job(home, artifacts_root, run_config_for(profile, executor), f"{executor}-full")
-    unchanged = execute_job(home, artifacts_root, run_config_for(profile, executor), f"{executor}-unchanged")
-    ppo = execute_job(home, artifacts_root, run_config_for(profile, executor, PPO_ONLY_CHANGE), f"{executor}-ppo-only")
+    full = execute_job(code_dir, home, artifacts_root, run_config_for(profile, executor), f"{executor}-full")
+    unchanged = execute_job(code_dir, home, artifacts_root, run_config_for(profile, executor), f"{executor}-unchanged")
+    ppo = execute_job(code_dir, home, artifacts_root, run_config_for(profile, executor, PPO_ONLY_CHANGE),
+                      f"{executor}-ppo-only")
     ppo_eval_compute = sum(ppo["step_seconds"].get(step, 0.0) for step in ("ppo_policy", "evaluation_report"))
     return {
         "executor": executor,
@@ -235,6 +256,19 @@ def plain_trl_reward(sft_dir: Path, preference_dir: Path, profile: dict[str, Any
     return {"total_seconds": time.perf_counter() - started, "train_seconds": train_seconds}
 
 
+def full_run_of(home: Path) -> dict[str, Any]:
+    """The latest run of an existing instance, shaped like `benchmark_executor`'s result."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+    for run in runs:  # newest first: the latest run that computed SFT and the reward model
+        timing = run_timing(home, run.run_id)
+        if {"sft_checkpoint", "reward_model"} <= set(timing["computed"]):
+            return {"home": str(home), "full": timing}
+    raise SystemExit(f"no run in {home} computed sft_checkpoint and reward_model")
+
+
 def benchmark_plain_trl(profile: dict[str, Any], first: dict[str, Any], workdir: Path) -> dict[str, Any]:
     home = Path(first["home"])
     steps = first["full"]["step_seconds"]
@@ -279,6 +313,7 @@ def report_table(results: dict[str, Any]) -> str:
     table = "\n".join(rows)
     plain = results.get("plain_trl")
     if plain:
+        table = table if runs else ""
         table += "\n\n| stage | pipeline step (s) | plain TRL script (s) | ratio | target |\n|---|---|---|---|---|\n"
         for name in ("sft", "reward_model"):
             entry = plain[name]
@@ -294,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(EXECUTORS)} (default in_process,multiprocess)")
     parser.add_argument("--skip-plain-trl", action="store_true", help="skip (4), SFT and RM as plain TRL scripts")
     parser.add_argument("--keep", action="store_true", help="keep the scratch instances and artifacts")
+    parser.add_argument("--plain-trl-from", metavar="DAGSTER_HOME",
+                        help="only (4), against the latest full run in this instance (e.g. a kept earlier benchmark's)")
     args = parser.parse_args(argv)
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     unknown = [e for e in executors if e not in EXECUTORS]
@@ -310,10 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         "executors": [],
     }
     try:
-        for executor in executors:
-            results["executors"].append(benchmark_executor(profile, executor, workdir))
-        if not args.skip_plain_trl and results["executors"]:
-            results["plain_trl"] = benchmark_plain_trl(profile, results["executors"][0], workdir)
+        if args.plain_trl_from:
+            executors = ["plain-trl"]
+            results["plain_trl"] = benchmark_plain_trl(profile, full_run_of(Path(args.plain_trl_from)), workdir)
+        else:
+            code_dir = snapshot_code(workdir)
+            results["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                                   text=True).stdout.strip()
+            for executor in executors:
+                results["executors"].append(benchmark_executor(profile, executor, workdir, code_dir))
+            if not args.skip_plain_trl and results["executors"]:
+                results["plain_trl"] = benchmark_plain_trl(profile, results["executors"][0], workdir)
     finally:
         results["load_average_at_end"] = os.getloadavg()
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
