@@ -81,9 +81,10 @@ def sample_responses(
 ) -> Rollout:
     """Sample y ~ pi(.|x)^(1/T) token by token with a KV cache; stop when every row has emitted EOS.
 
-    The log-probabilities of the sampled tokens come for free from the sampling logits; with
-    dropout off they equal those of a full forward pass (up to float rounding), so PPO can use
-    them as the "old" log-probabilities.
+    Rows that have emitted EOS leave the batch (and the cache), so late steps only compute the rows
+    still writing. The log-probabilities of the sampled tokens come for free from the sampling
+    logits; with dropout off they equal those of a full forward pass (up to float rounding), so PPO
+    can use them as the "old" log-probabilities.
     """
     from transformers import DynamicCache
 
@@ -97,28 +98,34 @@ def sample_responses(
         past_key_values=cache, use_cache=True, logits_to_keep=1,
     )
     next_position = positions[:, -1:] + 1
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    tokens, token_logprobs = [], []
-    for _ in range(max_new_tokens):
+    active = torch.arange(batch_size, device=device)  # rows still writing, in batch order
+    response_ids = torch.full((batch_size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch_size, max_new_tokens), device=device)
+    n_columns = 0
+    for column in range(max_new_tokens):
         logprobs_all = torch.log_softmax(output.logits[:, -1].float() / temperature, dim=-1)
         token = torch.multinomial(logprobs_all.exp(), 1, generator=generator).squeeze(1)
-        token = token.masked_fill(finished, pad_token_id)  # rows that already ended only get padding
-        tokens.append(token)
-        token_logprobs.append(logprobs_all.gather(1, token[:, None]).squeeze(1))
-        finished |= token == eos_token_id
-        if bool(finished.all()):
+        response_ids[active, column] = token
+        logprobs[active, column] = logprobs_all.gather(1, token[:, None]).squeeze(1)
+        n_columns = column + 1
+        still_writing = token != eos_token_id
+        if not bool(still_writing.any()):
             break
+        if not bool(still_writing.all()):
+            keep = still_writing.nonzero().squeeze(1)
+            output.past_key_values.batch_select_indices(keep)
+            active, token = active[keep], token[keep]
+            attention_mask, next_position = attention_mask[keep], next_position[keep]
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         output = policy(
             input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
             past_key_values=output.past_key_values, use_cache=True,
         )
         next_position = next_position + 1
-    response_ids = torch.stack(tokens, dim=1)
+    response_ids = response_ids[:, :n_columns]
     response_mask = response_mask_from_ids(response_ids, eos_token_id)
-    response_ids = response_ids.masked_fill(response_mask == 0, pad_token_id)
     return Rollout(prompts.input_ids, prompts.attention_mask, response_ids, response_mask,
-                   torch.stack(token_logprobs, dim=1).masked_fill(response_mask == 0, 0.0))
+                   logprobs[:, :n_columns].masked_fill(response_mask == 0, 0.0))
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -158,10 +165,3 @@ def reward_scores(reward_model, rollout: Rollout) -> torch.Tensor:
     eos_column = rollout.query_ids.shape[1] + rollout.last_index
     at_eos = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_column]
     return score_head(reward_model)(at_eos).squeeze(-1).float()
-
-
-def trim_padding_columns(rollout: Rollout) -> Rollout:
-    """Drop response columns that are padding in every row (all rows ended earlier)."""
-    width = max(int(rollout.response_lengths.max()), 1)
-    return Rollout(rollout.query_ids, rollout.query_mask, rollout.response_ids[:, :width],
-                   rollout.response_mask[:, :width], rollout.logprobs[:, :width])
