@@ -98,6 +98,9 @@ def test_eval_prompt_in_user_sft_file_fails_the_job(tmp_path):
     write_jsonl([{"prompt": r["prompt"]} for r in eval_records], tmp_path / "my_eval_prompts.jsonl")
     run_config["ops"]["sft_data"]["config"] = {"source": str(tmp_path / "my_sft.jsonl")}
     run_config["ops"]["eval_prompts"]["config"] = {"source": str(tmp_path / "my_eval_prompts.jsonl")}
+    # One process instead of one per step: the gate and the exit code do not depend on the executor,
+    # and the steps that still run (base_model, the data assets, their checks) load the code once.
+    run_config["execution"] = {"config": {"in_process": {}}}
     config_file = tmp_path / "run_config.yaml"
     config_file.write_text(yaml.safe_dump(run_config))
 
