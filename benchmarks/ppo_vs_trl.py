@@ -9,7 +9,7 @@ with trl==1.12.0, transformers==5.23.0, torch==2.13.0 CPU, accelerate). Each tra
 separate process; runs alternate (ours, TRL, TRL, ours, ...) so drift in machine load hits both.
 
 Per run: episodes/second of the training loop (model loading and saving excluded), peak resident
-memory of the process (ru_maxrss), and the RM-score gain of the trained policy over the SFT model
+memory of the process (ru_maxrss) up to the end of training, and the RM-score gain of the trained policy over the SFT model
 on held-out prompts (answers sampled at the training temperature, scored here by the same code for
 both). Prints a table with medians and ratios; writes JSON under `benchmarks/results/`.
 """
@@ -46,12 +46,18 @@ def run_ours(job: dict) -> dict:
 
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
-        ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], max_new_tokens=job["response_length"],
+        ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], value_learning_rate=None,  # one rate, as TRL
+        max_new_tokens=job["response_length"],
         temperature=job["temperature"], kl_coef=job["kl_coef"], missing_eos_penalty=job["missing_eos_penalty"],
         checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device="cpu", cpu_threads=job["threads"],
     )
-    summary = train_ppo(Path(job["sft"]), Path(job["rm"]), job["prompts"], Path(job["output"]), settings)
-    return {"train_seconds": summary["train_seconds"]}
+    peak = {}
+
+    def record_peak(record):  # the process's peak after each step: loading + training, not the evaluation after it
+        peak["rss_mb"] = peak_rss_mb()
+
+    summary = train_ppo(Path(job["sft"]), Path(job["rm"]), job["prompts"], Path(job["output"]), settings, on_step=record_peak)
+    return {"train_seconds": summary["train_seconds"], "peak_rss_mb": peak["rss_mb"]}
 
 
 def run_trl(job: dict) -> dict:
@@ -98,9 +104,14 @@ def run_trl(job: dict) -> dict:
         started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - started
+        peak = peak_rss_mb()
     policy.save_pretrained(job["output"])
     tokenizer.save_pretrained(job["output"])
-    return {"train_seconds": train_seconds}
+    return {"train_seconds": train_seconds, "peak_rss_mb": peak}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker_main(job_file: str) -> None:
@@ -110,7 +121,6 @@ def worker_main(job_file: str) -> None:
     torch.set_num_threads(job["threads"])
     torch.manual_seed(job["seed"])
     result = run_ours(job) if job["trainer"] == "ours" else run_trl(job)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["episodes_per_second"] = job["episodes"] / result["train_seconds"]
     Path(job["result"]).write_text(json.dumps(result))
 
@@ -184,17 +194,17 @@ def main() -> None:
     parser.add_argument("--sft-checkpoint", type=Path, help="default: the latest under the artifacts root")
     parser.add_argument("--reward-model", type=Path)
     parser.add_argument("--ppo-prompts", type=Path)
-    parser.add_argument("--episodes", type=int, default=256)
+    parser.add_argument("--episodes", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--minibatch-size", type=int, default=32)
     parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--response-length", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
     parser.add_argument("--eval-prompts", type=int, default=16, help="held-out tail of ppo_prompts for the RM-score gain")
-    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both trainers")
     parser.add_argument("--seed", type=int, default=0)

@@ -66,7 +66,7 @@ class PpoSettings(BaseModel):
         "starts as the RM and must learn per-token returns quickly for useful advantages"
     )
     max_new_tokens: int = Field(64, gt=0, description="maximum response length")
-    temperature: float = Field(0.7, gt=0, description="sampling temperature; log-probs use the same scaling")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaling")
     kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the reward")
     adaptive_kl: bool = Field(False, description="adapt beta towards target_kl (Ziegler et al. 2019)")
