@@ -22,10 +22,16 @@ TINY_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml"
 PROJECT_INSTANCE_CONFIG = REPO_ROOT / ".dagster" / "dagster.yaml"
 DAGSTER_CLI = Path(sys.executable).with_name("dagster")  # the venv's console script, as on a user's PATH
 JOB_TIMEOUT_S = 1800  # generous: the suite shares a few CPU cores; a hang still ends the test
+# A second run-config file, merged by `dagster job execute` with the first: all steps in one process.
+# With the default multiprocess executor every step and check starts a process that loads the code
+# location (torch, pandera, Great Expectations): about 4x the time of the tiny job itself on 2 cores.
+# Exit codes, gates and materializations do not depend on the executor; the multiprocess executor
+# and the `gpu` pool are exercised by tests/test_execution.py.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
 def execute_job(config_file: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
-    """Run the job exactly as CI would and open the instance it wrote to."""
+    """Run the job as CI would and open the instance it wrote to."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     # The project's instance settings (telemetry off, the `gpu` pool limit) apply as under `make run`.
@@ -38,8 +44,10 @@ def execute_job(config_file: Path, tmp_path: Path) -> tuple[subprocess.Completed
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    executor_file = tmp_path / "in_process.yaml"
+    executor_file.write_text(yaml.safe_dump(IN_PROCESS))
     command = [str(DAGSTER_CLI), "job", "execute", "-m", "pipeline.definitions", "-j", "rlhf_pipeline",
-               "-c", str(config_file)]
+               "-c", str(config_file), "-c", str(executor_file)]
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     (tmp_path / "job.log").write_text(completed.stdout + completed.stderr)
     return completed, dg.DagsterInstance.from_config(str(home))
@@ -98,9 +106,6 @@ def test_eval_prompt_in_user_sft_file_fails_the_job(tmp_path):
     write_jsonl([{"prompt": r["prompt"]} for r in eval_records], tmp_path / "my_eval_prompts.jsonl")
     run_config["ops"]["sft_data"]["config"] = {"source": str(tmp_path / "my_sft.jsonl")}
     run_config["ops"]["eval_prompts"]["config"] = {"source": str(tmp_path / "my_eval_prompts.jsonl")}
-    # One process instead of one per step: the gate and the exit code do not depend on the executor,
-    # and the steps that still run (base_model, the data assets, their checks) load the code once.
-    run_config["execution"] = {"config": {"in_process": {}}}
     config_file = tmp_path / "run_config.yaml"
     config_file.write_text(yaml.safe_dump(run_config))
 
