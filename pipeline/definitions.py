@@ -16,10 +16,16 @@ from quality_gates.checks import quality_gate_checks
 
 all_assets = dg.load_assets_from_modules([base, data, sft, reward, ppo, evaluation])
 
+executor = pipeline_executor()  # $RLHF_EXECUTOR: multiprocess (default) or k8s
+
 rlhf_pipeline = dg.define_asset_job(
     "rlhf_pipeline",
     selection=dg.AssetSelection.all(),
     description="base model -> SFT -> reward model -> PPO -> evaluation report, with quality gates",
+    # Steps run in one process unless the run config says `execution: {config: {multiprocess: {}}}`:
+    # a step process spends seconds importing torch/transformers, which dominates a re-run whose
+    # stages are reused (benchmarks/pipeline.py, README "Performance"). Not for k8s: a pod per step.
+    config={"execution": {"config": {"in_process": {}}}} if executor is dg.multi_or_in_process_executor else None,
 )
 
 defs = dg.Definitions(
@@ -29,7 +35,7 @@ defs = dg.Definitions(
         *dg.load_asset_checks_from_modules([evaluation]),
     ],
     jobs=[rlhf_pipeline],
-    executor=pipeline_executor(),  # $RLHF_EXECUTOR: multiprocess (default) or k8s
+    executor=executor,
     resources={
         "artifacts": ArtifactStoreResource(root=os.environ.get("RLHF_ARTIFACTS_ROOT", "artifacts")),
         "io_manager": ArtifactIOManager(),
