@@ -46,7 +46,7 @@ def run_ours(job: dict) -> dict:
 
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
-        ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], value_learning_rate=None,  # one rate, as TRL
+        ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], value_learning_rate=job.get("value_learning_rate"),
         max_new_tokens=job["response_length"],
         temperature=job["temperature"], kl_coef=job["kl_coef"], missing_eos_penalty=job["missing_eos_penalty"],
         checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device="cpu", cpu_threads=job["threads"],
@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--value-learning-rate", type=float, default=None,
+                        help="ours only (TRL has one rate for policy and value); default: --learning-rate")
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
     parser.add_argument("--eval-prompts", type=int, default=16, help="held-out tail of ppo_prompts for the RM-score gain")
@@ -229,7 +231,7 @@ def main() -> None:
         "sft": str(sft), "rm": str(rm), "prompts": train_prompts,
         "prompt_ids": [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in train_prompts],
         **{k: getattr(args, k) for k in ("episodes", "batch_size", "minibatch_size", "ppo_epochs", "response_length",
-                                         "temperature", "learning_rate", "kl_coef", "missing_eos_penalty", "threads", "seed")},
+                                         "temperature", "learning_rate", "value_learning_rate", "kl_coef", "missing_eos_penalty", "threads", "seed")},
     }
     print(f"SFT {sft}\nRM  {rm}\nprompts {prompts_dir}: {len(train_prompts)} train, {len(eval_prompts)} held out", flush=True)
     runs: list[dict] = []

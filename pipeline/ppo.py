@@ -78,7 +78,7 @@ class PpoSettings(BaseModel):
     clip_range: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
     clip_range_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
     value_coef: float = Field(0.1, ge=0, description="c_v: weight of the value loss")
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip, applied to policy and value model separately")
     whiten_advantages: bool = True
     normalize_rewards: bool = Field(False, description="whiten per-token rewards (scale only) before GAE")
     missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses with no EOS")
@@ -424,7 +424,6 @@ def train_ppo(
     ptx_examples = encode_ptx_records(tokenizer, ptx_records or [], device) if settings.ptx_coef > 0 else []
     policy_parameters = [p for p in policy.parameters() if p.requires_grad]
     value_parameters = list(value_model.parameters())
-    trainable = policy_parameters + value_parameters
     optimizer = torch.optim.AdamW([
         {"params": policy_parameters, "lr": settings.learning_rate},
         {"params": value_parameters, "lr": settings.value_learning_rate or settings.learning_rate},
@@ -520,7 +519,9 @@ def train_ppo(
                         loss = loss + settings.ptx_coef * sft_loss  # PPO-ptx: + gamma_ptx * L_SFT
                         stats["ptx_loss"].append(sft_loss.item())
                 accelerator.backward(loss)
-                accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+                # Clipped per network: one joint norm would let the value loss's large early gradients shrink the policy's step.
+                accelerator.clip_grad_norm_(policy_parameters, settings.max_grad_norm)
+                accelerator.clip_grad_norm_(value_parameters, settings.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
