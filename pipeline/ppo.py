@@ -101,14 +101,14 @@ class PpoSettings(BaseModel):
 # --- the PPO equations ------------------------------------------------------------------------
 
 
-def maskedmean_or_nan(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """(x - mean) / std over the masked entries; padding stays 0."""
-    mean = maskedmean_or_nan(values, mask)
-    variance = maskedmean_or_nan((values - mean) ** 2, mask)
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -161,10 +161,10 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)  # rho_t
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = maskedmean_or_nan(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        clip_fraction = maskedmean_or_nan((clipped > unclipped).float(), mask)
-        approx_kl = maskedmean_or_nan(0.5 * log_ratio**2, mask)  # ~ KL(pi_old || pi_theta) for small steps
+        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean(0.5 * log_ratio**2, mask)  # ~ KL(pi_old || pi_theta) for small steps
     return loss, clip_fraction, approx_kl
 
 
@@ -173,14 +173,14 @@ def clipped_value_loss(
 ) -> torch.Tensor:
     """L_V = 1/2 E[max((V - G)^2, (V_old + clip(V - V_old, -eps, eps) - G)^2)]."""
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
-    return 0.5 * maskedmean_or_nan(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var[G - V] / Var[G]: 1 is a perfect value function, 0 no better than a constant."""
-    target_var = maskedmean_or_nan((target - maskedmean_or_nan(target, mask)) ** 2, mask)
+    target_var = masked_mean((target - masked_mean(target, mask)) ** 2, mask)
     residual = target - predicted
-    residual_var = maskedmean_or_nan((residual - maskedmean_or_nan(residual, mask)) ** 2, mask)
+    residual_var = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
     return float(1 - residual_var / target_var) if target_var > 0 else float("nan")
 
 
@@ -525,7 +525,7 @@ def train_ppo(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
-                    stats["entropy"].append(float(maskedmean_or_nan(entropy_from_logits(logits), mb_mask)))
+                    stats["entropy"].append(float(masked_mean(entropy_from_logits(logits), mb_mask)))
                 stats["policy_loss"].append(pg_loss.item())
                 stats["value_loss"].append(vf_loss.item())
                 stats["clip_fraction"].append(clip_fraction.item())
