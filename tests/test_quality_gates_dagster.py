@@ -190,4 +190,6 @@ def test_gates_exist_only_for_defined_assets():
     assert "ppo_policy:ppo_guard" in names(["ppo_policy"])
     job = defs.resolve_job_def("rlhf_pipeline")
     graph = job.asset_layer.asset_graph
-    assert all(graph.get(key).blocking for key in graph.asset_check_keys)
+    gate_keys = {key for check in quality_gate_checks(list(defs.assets)) for key in check.check_keys}
+    assert gate_keys <= set(graph.asset_check_keys)
+    assert all(graph.get(key).blocking for key in gate_keys)
