@@ -39,6 +39,10 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's directory comes first on sys.path, and this file's name would shadow
+# the `pipeline` package.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO_ROOT)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DAGSTER_BIN = Path(sys.executable).with_name("dagster")
 EXECUTORS = {
