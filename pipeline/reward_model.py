@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base_model import render_prompt
 from pipeline.device import select_device
+from pipeline.logprobs import position_ids_for
 from pipeline.sft import split_held_out
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ def score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], ba
         encoded = tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=max_length,
         ).to(device)
-        scores.extend(model(**encoded).logits[:, 0].float().tolist())
+        # Positions start at the first real token, as in training, whatever the left padding.
+        position_ids = position_ids_for(encoded["attention_mask"])
+        scores.extend(model(**encoded, position_ids=position_ids).logits[:, 0].float().tolist())
     return scores
 
 
