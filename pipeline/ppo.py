@@ -441,7 +441,7 @@ def train_ppo(
     start_step, history = 0, []
     resume_from = latest_checkpoint(checkpoint_dir)
     if resume_from is not None:
-        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location=device, weights_only=False)
+        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location=device, weights_only=True)  # no pickle code from disk
         accelerator.unwrap_model(policy).load_state_dict(state["policy"])
         accelerator.unwrap_model(value_model).load_state_dict(state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
