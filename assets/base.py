@@ -48,8 +48,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
             config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
         )
         name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
-        if resolved_revision(model):  # the commit a branch or tag pointed to when this ran
-            metadata["resolved_revision"] = resolved_revision(model)
+        if revision := resolved_revision(model):  # the commit a branch or tag pointed to when this ran
+            metadata["resolved_revision"] = revision
     else:
         device = select_device(config.device).device
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +77,15 @@ def claim_gpu_index(n_devices: int, lock_dir: str | os.PathLike[str] | None = No
         _claimed_gpu.update(index=index, descriptor=descriptor)
         return index
     return 0
+
+
+@contextmanager
+def torch_cpu_threads(n_threads: int) -> Iterator[None]:
+    """Run with `n_threads` torch intra-op threads (0: unchanged), restoring the previous setting after."""
+    previous = torch.get_num_threads()
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

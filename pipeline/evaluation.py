@@ -14,8 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.device import torch_cpu_threads
 from pipeline.judges import PairwiseJudge, judge_pairs
 from pipeline.verifiable_tasks import check_answer
 
@@ -247,18 +247,6 @@ def answer_prompts(model, tokenizer, prompts: Sequence[str], settings: Evaluatio
         Answer(g.prompt, g.response, g.n_tokens, len(g.response), g.ended_with_eos, g.echoed_role_marker)
         for g in generations
     ]
-
-
-@contextmanager
-def torch_cpu_threads(n_threads: int) -> Iterator[None]:
-    """Run with `n_threads` torch intra-op threads (0: unchanged), restoring the previous setting after."""
-    previous = torch.get_num_threads()
-    if n_threads:
-        torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _same_vocabulary(tokenizer_a, tokenizer_b) -> bool:

@@ -15,8 +15,8 @@ One PPO step (`train_ppo`, steps 1-5):
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
 import json
 import logging
 import os
@@ -31,11 +31,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base_model import render_prompt
-from pipeline.device import select_device
+from pipeline.device import select_device, torch_cpu_threads
 from pipeline.logprobs import response_logits, response_logprobs
 from pipeline.ppo_report import mean_or_nan
 from pipeline.ppo_rollout import (
-    Rollout,
     encode_prompts,
     reward_scores,
     sample_responses,
@@ -266,25 +265,14 @@ class ReferencePolicy:
         with self.policy.disable_adapter():
             return response_logprobs(self.policy, input_ids, attention_mask, response_start, temperature)
 
+    @contextlib.contextmanager
     def sampler(self):
-        """The module to sample SFT answers from (a context manager keeps the LoRA adapter off)."""
-        import contextlib
-
+        """The module to sample SFT answers from (the LoRA adapter stays off while it is in use)."""
         if self.reference is not None:
-            return contextlib.nullcontext(self.reference)
-        return _adapter_disabled(self.policy)
-
-
-class _adapter_disabled:
-    def __init__(self, policy):
-        self.policy, self._context = policy, policy.disable_adapter()
-
-    def __enter__(self):
-        self._context.__enter__()
-        return self.policy
-
-    def __exit__(self, *exc):
-        return self._context.__exit__(*exc)
+            yield self.reference
+            return
+        with self.policy.disable_adapter():
+            yield self.policy
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -294,7 +282,8 @@ def split_eval_prompts(prompts: Sequence[str], n_eval: int) -> tuple[list[str], 
     """Train on the head of ppo_prompts, evaluate on the last `n_eval` (never trained on)."""
     prompts = list(prompts)
     n_eval = min(n_eval, len(prompts) // 2)
-    train, held_out = (prompts[: len(prompts) - n_eval], prompts[len(prompts) - n_eval :]) if n_eval else (prompts, [])
+    cut = len(prompts) - n_eval
+    train, held_out = prompts[:cut], prompts[cut:]
     if not train:
         raise ValueError(f"ppo_prompts has {len(prompts)} prompts: nothing left to train on")
     return train, held_out
@@ -302,12 +291,14 @@ def split_eval_prompts(prompts: Sequence[str], n_eval: int) -> tuple[list[str], 
 
 def prompts_for_step(prompts: Sequence[str], step: int, batch_size: int, seed: int) -> list[str]:
     """The step's batch from a stream of seeded shuffles (a function of the step, so resume replays it)."""
+    orders: dict[int, list[int]] = {}  # one seeded shuffle of the prompt indices per pass over the data
     batch = []
     for episode in range(step * batch_size, (step + 1) * batch_size):
         epoch, index = divmod(episode, len(prompts))
-        order = list(range(len(prompts)))
-        random.Random(f"ppo-prompts:{seed}:{epoch}").shuffle(order)
-        batch.append(prompts[order[index]])
+        if epoch not in orders:
+            orders[epoch] = list(range(len(prompts)))
+            random.Random(f"ppo-prompts:{seed}:{epoch}").shuffle(orders[epoch])
+        batch.append(prompts[orders[epoch][index]])
     return batch
 
 
@@ -331,9 +322,9 @@ def ptx_loss(policy, examples: list[tuple[torch.Tensor, int]], pad_token_id: int
     for row, (ids, prompt_length) in enumerate(examples):
         input_ids[row, : len(ids)] = ids
         labels[row, prompt_length : len(ids)] = ids[prompt_length:]
-    attention_mask = (labels != -100) | (torch.arange(width, device=input_ids.device)[None] < torch.tensor(
-        [len(ids) for ids, _ in examples], device=input_ids.device)[:, None])
-    return policy(input_ids=input_ids, attention_mask=attention_mask.long(), labels=labels).loss
+    lengths = torch.tensor([len(ids) for ids, _ in examples], device=input_ids.device)
+    attention_mask = (torch.arange(width, device=input_ids.device)[None] < lengths[:, None]).long()
+    return policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -368,24 +359,6 @@ def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
 # --- training ---------------------------------------------------------------------------------
 
 
-def cpu_threads_from_settings(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """Run `train` with `settings.cpu_threads` torch threads on CPU, restoring the caller's setting afterwards."""
-
-    @functools.wraps(train)
-    def with_threads(*args, **kwargs):
-        settings = kwargs["settings"] if "settings" in kwargs else args[4]
-        threads_before = torch.get_num_threads()
-        if settings.cpu_threads is not None and select_device(settings.device).device.type == "cpu":
-            torch.set_num_threads(settings.cpu_threads)
-        try:
-            return train(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads_before)
-
-    return with_threads
-
-
-@cpu_threads_from_settings
 def train_ppo(
     sft_dir: Path,
     reward_model_dir: Path,
@@ -399,8 +372,16 @@ def train_ppo(
     """Train the PPO policy; write the HF policy dir, `value_model/`, metrics, summary and curves to `output_dir`.
 
     Returns the summary (also written to `ppo_summary.json`). With `checkpoint_dir`, a checkpoint is
-    saved every `checkpoint_every` steps and training resumes from the latest one found there.
+    saved every `checkpoint_every` steps and training resumes from the latest one found there. On
+    the CPU it runs with `settings.cpu_threads` torch threads and restores the caller's setting after.
     """
+    choice = select_device(settings.device)
+    threads = settings.cpu_threads if choice.device.type == "cpu" and settings.cpu_threads else 0
+    with torch_cpu_threads(threads):
+        return _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step, choice)
+
+
+def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step, choice):
     from accelerate import Accelerator
 
     from pipeline.ppo_report import evaluate_against_reference, plot_training_curves, save_models
@@ -412,7 +393,6 @@ def train_ppo(
         raise ValueError(f"total_episodes={settings.total_episodes} is smaller than batch_size={settings.batch_size}")
     if settings.ptx_coef > 0 and not ptx_records:
         raise ValueError("ptx_coef > 0 needs ptx_records (prompt, completion) to mix in the SFT loss")
-    choice = select_device(settings.device)
     accelerator = Accelerator(cpu=choice.device.type == "cpu", mixed_precision="bf16" if choice.use_bf16 else "no")
     device = accelerator.device
     torch.manual_seed(settings.seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -39,11 +40,11 @@ class Rollout:
     response_mask: torch.Tensor  # (B, R) 1 on real response tokens, EOS included
     logprobs: torch.Tensor  # (B, R) log pi(y_t | x, y_<t) at sampling time (temperature-scaled)
 
-    @property
+    @cached_property
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.query_ids, self.response_ids], dim=1)
 
-    @property
+    @cached_property
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
