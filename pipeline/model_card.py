@@ -12,12 +12,12 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
 from pipeline.lineage import iso_timestamp, metadata_value
 from pipeline.markdown import markdown_table
+from pipeline.safety import redact_text
 from pipeline.provenance import (
     asset_code_version,
     config_hash,
@@ -111,6 +111,7 @@ def write_model_card(directory: Path, description: str | None = None) -> Path:
         "",
     ])
     path = Path(directory) / MODEL_CARD_FILE
-    path.write_text(card)
+    # The card travels with the checkpoint (DVC remote, the hub): mask secrets as metadata is masked.
+    path.write_text(redact_text(card))
     return path
 
