@@ -71,17 +71,17 @@ def find_duplicates(records: Sequence[dict[str, Any]], fields: Sequence[str], se
     fields = tuple(fields)
     report = DuplicateReport(fields=fields, n_records=len(records))
     first_row_of: dict[tuple[str, ...], int] = {}
-    unique_rows: list[int] = []
+    normalised_unique: dict[int, tuple[str, ...]] = {}
     for index, record in enumerate(records):
         key = tuple(normalise_text(record[f]) for f in fields)
         if key in first_row_of:
             report.exact.append({"row": index + 1, "duplicate_of_row": first_row_of[key] + 1, "prompt": record[fields[0]]})
         else:
             first_row_of[key] = index
-            unique_rows.append(index)
+            normalised_unique[index] = key
 
     shingles = {
-        i: [word_ngrams(normalise_text(records[i][f]).split(), settings.shingle_words) for f in fields] for i in unique_rows
+        i: [word_ngrams(text.split(), settings.shingle_words) for text in key] for i, key in normalised_unique.items()
     }
     for i, j in sorted(_candidate_pairs(shingles, settings)):
         similarity = min(_jaccard(a, b) for a, b in zip(shingles[i], shingles[j]))

@@ -71,8 +71,9 @@ def find_eval_leaks(
 
 def _match(record, text_fields, exact, ngram_owner, short_phrases, phrase_lengths, n):
     prompt = record.get(text_fields[0])
-    if isinstance(prompt, str) and normalise_text(prompt) in exact:
-        return exact[normalise_text(prompt)], "exact", text_fields[0], normalise_text(prompt)
+    normalised_prompt = normalise_text(prompt) if isinstance(prompt, str) else None
+    if normalised_prompt in exact:
+        return exact[normalised_prompt], "exact", text_fields[0], normalised_prompt
     for field in text_fields:
         value = record.get(field)
         if not isinstance(value, str):
