@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 HUB_PREFIX = "hub:"
 HUB_ID_SHAPE = re.compile(r"[\w.-]+/[\w-]+")  # owner/name without a file suffix
 DataFormat = Literal["records", "hh_rlhf", "ultrafeedback", "tldr", "messages"]
-MAX_SKIPPED_REPORTED = 10
-
 TLDR_INSTRUCTION = "Summarize this Reddit post in a sentence or two."
 HH_TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -79,9 +77,6 @@ class LoadedSource:
     description: str
     n_rows_read: int
     skipped: list[str] = dataclass_field(default_factory=list)  # one error message per skipped row
-
-    def skipped_summary(self) -> dict[str, Any]:
-        return {"n_skipped": len(self.skipped), "first_skipped": self.skipped[:MAX_SKIPPED_REPORTED]}
 
 
 @dataclass(frozen=True)
@@ -197,7 +192,11 @@ def read_saved_dataset(path: Path, split: str | None, max_records: int | None) -
         dataset = datasets.load_from_disk(str(path))
     except FileNotFoundError as error:
         raise DataError(path, f"is a directory but not one written by datasets' save_to_disk ({error})") from None
-    dataset = _choose_split(dataset, split, str(path))
+    return _dataset_rows(_choose_split(dataset, split, str(path)), max_records)
+
+
+def _dataset_rows(dataset, max_records: int | None) -> list[dict[str, Any]]:
+    """The first `max_records` rows (all without a limit), selected before converting the rest."""
     if max_records is not None:
         dataset = dataset.select(range(min(max_records, len(dataset))))
     return dataset.to_list()
@@ -221,10 +220,7 @@ def read_hub_dataset(hub_id: str, settings: SourceSettings) -> list[dict[str, An
         )
     except Exception as error:  # network, auth, unknown split: all mean the source cannot be read
         raise DataError(where, f"could not load from the hub ({type(error).__name__}: {error})") from None
-    dataset = _choose_split(dataset, settings.split, where)
-    if settings.max_records is not None:
-        dataset = dataset.select(range(min(settings.max_records, len(dataset))))
-    return dataset.to_list()
+    return _dataset_rows(dataset, settings.max_records)  # a split was named: one Dataset, not a DatasetDict
 
 
 def apply_field_map(values: dict[str, Any], fields: dict[str, str], source: str, row: int) -> dict[str, Any]:
