@@ -44,6 +44,7 @@ from typing import Any
 import dagster as dg
 
 from pipeline.artifacts import content_hash
+from pipeline.lineage import metadata_value
 from pipeline.provenance import (
     CONFIG_HASH_KEY,
     CONFIG_KEY,
@@ -52,14 +53,13 @@ from pipeline.provenance import (
     dvc_record_metadata,
     upstream_keys,
 )
+from pipeline.resources import ARTIFACT_PATH_KEY, CONTENT_HASH_KEY
 
 REUSED_FROM_RUN_KEY = "reused_from_run"
 RECOMPUTE_TAG = "rlhf/recompute"
 EXTERNAL_INPUT_FIELDS = ("source", "model_name_or_path")
 # Written by Dagster on every materialization (dagster._core.definitions.data_version).
 DATA_VERSION_TAG = "dagster/data_version"
-ARTIFACT_PATH_KEY = "artifact_path"  # as written by pipeline.resources.artifact_output
-CONTENT_HASH_KEY = "content_hash"
 
 
 @dataclass
@@ -91,10 +91,6 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg
 
 def recorded_data_version(record: dg.EventLogRecord) -> str | None:
     return (record.event_log_entry.tags or {}).get(DATA_VERSION_TAG)
-
-
-def _value(entry: Any) -> Any:
-    return None if entry is None else getattr(entry, "value", entry)
 
 
 def _short(version: str | None) -> str:
@@ -130,8 +126,8 @@ def staleness(
     metadata = record.asset_materialization.metadata
     result.record = record
     result.run_id = record.run_id
-    result.artifact_path = _value(metadata.get(ARTIFACT_PATH_KEY))
-    result.reused_from_run = _value(metadata.get(REUSED_FROM_RUN_KEY))
+    result.artifact_path = metadata_value(metadata.get(ARTIFACT_PATH_KEY))
+    result.reused_from_run = metadata_value(metadata.get(REUSED_FROM_RUN_KEY))
 
     provenance = dg.DataProvenance.from_tags(tags)
     recorded_code = provenance.code_version if provenance else None
@@ -140,9 +136,9 @@ def staleness(
     elif recorded_code != code_version:
         result.reasons.append(f"code version changed: {recorded_code} -> {code_version}")
 
-    recorded_hash = _value(metadata.get(CONFIG_HASH_KEY))
+    recorded_hash = metadata_value(metadata.get(CONFIG_HASH_KEY))
     if recorded_hash != config_hash(config):
-        changes = config_changes(_value(metadata.get(CONFIG_KEY)), config)
+        changes = config_changes(metadata_value(metadata.get(CONFIG_KEY)), config)
         detail = ", ".join(changes) if changes else f"hash {_short(recorded_hash)} -> {_short(config_hash(config))}"
         result.reasons.append(f"config changed ({detail})")
 
@@ -161,7 +157,7 @@ def staleness(
             )
 
     if verify_artifact:
-        result.reasons.extend(_artifact_problems(result.artifact_path, _value(metadata.get(CONTENT_HASH_KEY))))
+        result.reasons.extend(_artifact_problems(result.artifact_path, metadata_value(metadata.get(CONTENT_HASH_KEY))))
     return result
 
 
@@ -189,12 +185,13 @@ def reused_output(record: dg.EventLogRecord) -> dg.Output:
     materialization = record.asset_materialization
     metadata = dict(materialization.metadata)
     # Point at the run that actually computed the artifact, even after several reuses.
-    origin = _value(metadata.get(REUSED_FROM_RUN_KEY)) or record.run_id
+    origin = metadata_value(metadata.get(REUSED_FROM_RUN_KEY)) or record.run_id
     metadata[REUSED_FROM_RUN_KEY] = dg.MetadataValue.text(str(origin))
-    data_version = recorded_data_version(record) or _value(metadata[CONTENT_HASH_KEY])
-    metadata.update(dvc_record_metadata(Path(str(_value(metadata[ARTIFACT_PATH_KEY])))))  # DVC follows the reuse
+    data_version = recorded_data_version(record) or metadata_value(metadata[CONTENT_HASH_KEY])
+    artifact_path = Path(str(metadata_value(metadata[ARTIFACT_PATH_KEY])))
+    metadata.update(dvc_record_metadata(artifact_path))  # DVC follows the reuse
     return dg.Output(
-        value=Path(str(_value(metadata[ARTIFACT_PATH_KEY]))),
+        value=artifact_path,
         data_version=dg.DataVersion(data_version),
         metadata=metadata,
     )
