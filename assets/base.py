@@ -88,15 +88,11 @@ def base_probe(
     """The base model's answers to a fixed probe prompt set (held-out phrasings)."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from pipeline.data_generator import PROBE_PROMPTS
     from pipeline.device import select_device
-    from pipeline.generation import generate
+    from pipeline.generation import generate, load_causal_lm
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    choice = select_device(config.device)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=choice.dtype, use_safetensors=True).to(choice.device)
+    model, tokenizer = load_causal_lm(base_model, select_device(config.device))
     generations = generate(model, tokenizer, PROBE_PROMPTS, max_new_tokens=config.max_new_tokens)
     rows = [
         {"prompt": g.prompt, "response": g.response, "ended_with_eos": g.ended_with_eos, "n_tokens": g.n_tokens}

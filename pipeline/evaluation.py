@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import torch_cpu_threads
+from pipeline.generation import load_causal_lm
 from pipeline.judges import PairwiseJudge, judge_pairs
 from pipeline.verifiable_tasks import check_answer
 
@@ -221,14 +222,6 @@ def kl_to_reference(samples: PolicySamples, reference) -> dict[str, Any]:
 # --- running the models ------------------------------------------------------------------------
 
 
-def _load_policy(model_dir: Path, choice):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True).to(choice.device).eval()
-    return model, tokenizer
-
-
 def _free_memory() -> None:
     """Call after dropping the last reference to a model, so the next one has the memory."""
     gc.collect()
@@ -285,14 +278,14 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> d
 
     # PPO first: its samples for the KL are scored under SFT next, so only one policy is loaded at a time.
     log(f"evaluating {len(prompts)} prompts: answers from ppo, sft, base (max_new_tokens={settings.max_new_tokens})")
-    ppo, ppo_tokenizer = _load_policy(model_dirs["ppo"], choice)
+    ppo, ppo_tokenizer = load_causal_lm(model_dirs["ppo"], choice)
     answers["ppo"] = answer_prompts(ppo, ppo_tokenizer, prompts, settings, "ppo answers")
     log(f"sampling {settings.kl_samples_per_prompt} PPO responses per prompt for KL(ppo || sft)")
     samples = sample_for_kl(ppo, ppo_tokenizer, prompts, settings.kl_samples_per_prompt, settings.max_new_tokens,
                             settings.batch_size, settings.seed)
     del ppo
     _free_memory()
-    sft, sft_tokenizer = _load_policy(model_dirs["sft"], choice)
+    sft, sft_tokenizer = load_causal_lm(model_dirs["sft"], choice)
     answers["sft"] = answer_prompts(sft, sft_tokenizer, prompts, settings, "sft answers")
     if _same_vocabulary(ppo_tokenizer, sft_tokenizer):
         kl = kl_to_reference(samples, sft)
@@ -300,7 +293,7 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> d
         log("PPO and SFT tokenizers differ: KL(ppo || sft) is not computed")
     del sft, samples
     _free_memory()
-    base, base_tokenizer = _load_policy(model_dirs["base"], choice)
+    base, base_tokenizer = load_causal_lm(model_dirs["base"], choice)
     answers["base"] = answer_prompts(base, base_tokenizer, prompts, settings, "base answers")
     del base
     _free_memory()

@@ -24,6 +24,15 @@ class Generation:
         return self.ended_with_eos and not self.echoed_role_marker
 
 
+def load_causal_lm(model_dir, choice):
+    """(model, tokenizer) of an HF causal-LM directory, on `choice`'s device and dtype, safetensors only, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True)
+    return model.to(choice.device).eval(), tokenizer
+
+
 @torch.no_grad()
 def generate(
     model,

@@ -217,19 +217,15 @@ class CompletionJudge:
 
 def hf_completion(model_dir: str, max_new_tokens: int = 64, device: str = "auto", batch_size: int = 8):
     """(complete, complete_batch) for a local HF causal LM directory; greedy decoding through its chat template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.device import select_device
-    from pipeline.generation import generate
+    from pipeline.generation import generate, load_causal_lm
 
     loaded: list = []  # loaded on first use, so the judge is not in memory while the policies answer
 
     def complete_batch(texts: Sequence[str]) -> list[str]:
         if not loaded:
-            choice = select_device(device)
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=choice.dtype, use_safetensors=True)
-            loaded.extend([model.to(choice.device), tokenizer])
+            loaded.extend(load_causal_lm(model_dir, select_device(device)))
         model, tokenizer = loaded
         generations = generate(
             model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress_desc="judge",
