@@ -88,9 +88,8 @@ class TrainingScratch:
         return int(self.resume_from.name[len(CHECKPOINT_PREFIX):]) if self.resume_from else 0
 
 
-def _drop_incomplete(directory: Path, newest_complete: Path | None) -> None:
-    """Remove checkpoints newer than the newest complete one: a half-written one would be resumed from."""
-    newest_step = int(newest_complete.name[len(CHECKPOINT_PREFIX):]) if newest_complete else -1
+def _drop_incomplete(directory: Path, newest_step: int) -> None:
+    """Remove checkpoints newer than the newest complete one (step -1: none): a half-written one would be resumed from."""
     for candidate in directory.glob(f"{CHECKPOINT_PREFIX}*"):
         step = candidate.name[len(CHECKPOINT_PREFIX):]
         if step.isdigit() and int(step) > newest_step:
@@ -104,19 +103,17 @@ def training_scratch(store: ArtifactStore, asset_name: str, key: str) -> Iterato
     root = store.asset_dir(asset_name) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     directory = confined_path(root, key)
-    lock = hold_lock(root / (key + ".lock"), blocking=False)
+    lock_file = root / (key + ".lock")
+    lock = hold_lock(lock_file, blocking=False)
     if lock is None:
         directory = confined_path(root, f"{key}-private-{uuid.uuid4().hex[:8]}")
         logger.warning(f"another run is training {asset_name} with the same settings and inputs; "
                        f"checkpointing to {directory} (no resume)")
     directory.mkdir(exist_ok=True)
     checkpoints = complete_checkpoints(directory) if lock is not None else []
-    resume_from = checkpoints[-1][1] if checkpoints else None
-    _drop_incomplete(directory, resume_from)
+    newest_step, resume_from = checkpoints[-1] if checkpoints else (-1, None)
+    _drop_incomplete(directory, newest_step)
     scratch = TrainingScratch(directory=directory, resume_from=resume_from, shared=lock is not None)
-    if resume_from is not None:
-        logger.info(f"resuming {asset_name} from {resume_from}")
-    lock_file = root / (key + ".lock")
     try:
         yield scratch
         shutil.rmtree(directory, ignore_errors=True)
