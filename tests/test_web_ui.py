@@ -203,9 +203,14 @@ def test_asset_graph_lists_every_asset_and_its_checks(dagster_ui, browser_page):
             continue
         page.goto(f"{base_url}/assets/{name}?view=checks")
         page.get_by_text(f"Checks ({len(checks)})", exact=True).wait_for()
-        listed = page.locator('[class*="MiddleTruncate"][title]').evaluate_all("els => els.map(e => e.title)")
-        missing = [check for check in checks if check not in listed]
-        assert not missing, f"{name}: checks {missing} not listed on its Checks tab (listed: {listed})"
+        # The tab's count renders before its rows: wait for each row, then report any that never came.
+        for check in checks:
+            row = page.locator(f'[class*="MiddleTruncate"][title="{check}"]').first
+            try:
+                row.wait_for()
+            except Exception:
+                listed = page.locator('[class*="MiddleTruncate"][title]').evaluate_all("els => els.map(e => e.title)")
+                pytest.fail(f"{name}: check {check!r} not listed on its Checks tab (listed: {listed})")
 
 
 def test_materialize_from_launchpad_then_asset_page_shows_metadata(dagster_ui, browser_page):
