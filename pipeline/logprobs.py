@@ -19,7 +19,9 @@ def response_logprobs(
     `response_start`; the result has shape (batch, n_columns - response_start). Padding columns
     after an EOS get values too: callers mask them.
     """
-    logits = response_logits(model, input_ids, attention_mask, response_start).float() / temperature
+    logits = response_logits(model, input_ids, attention_mask, response_start).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     targets = input_ids[:, response_start:].unsqueeze(-1)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
 

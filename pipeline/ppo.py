@@ -32,10 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base_model import render_prompt
 from pipeline.device import select_device, torch_cpu_threads
-from pipeline.logprobs import response_logits, response_logprobs
+from pipeline.packing import PackedSequences
 from pipeline.ppo_report import mean_or_nan
 from pipeline.ppo_rollout import (
     encode_prompts,
+    pack_rollout,
+    response_log_softmax,
+    response_logprobs_packed,
     reward_scores,
     sample_responses,
     token_values,
@@ -152,27 +155,30 @@ def generalized_advantages(
     return advantages, (advantages + values) * response_mask  # G_t = A_t + V_t (the value target)
 
 
+# The losses take flat tensors: one entry per real response token of the minibatch, so E[.] is a plain mean.
+
+
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_range: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L_clip = E[max(-A * rho, -A * clip(rho, 1-eps, 1+eps))], rho = pi_theta / pi_old. Returns (loss, clip fraction, approx KL)."""
+    """L_clip = E_t[max(-A_t * rho_t, -A_t * clip(rho_t, 1-eps, 1+eps))], rho_t = pi_theta(y_t) / pi_old(y_t).
+
+    Returns (loss, clip fraction, approx KL)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)  # rho_t
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = torch.maximum(unclipped, clipped).mean()
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = masked_mean(0.5 * log_ratio**2, mask)  # ~ KL(pi_old || pi_theta) for small steps
+        clip_fraction = (clipped > unclipped).float().mean()
+        approx_kl = (0.5 * log_ratio**2).mean()  # ~ KL(pi_old || pi_theta) for small steps
     return loss, clip_fraction, approx_kl
 
 
-def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
-) -> torch.Tensor:
-    """L_V = 1/2 E[max((V - G)^2, (V_old + clip(V - V_old, -eps, eps) - G)^2)]."""
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """L_V = 1/2 E_t[max((V_t - G_t)^2, (V_old_t + clip(V_t - V_old_t, -eps, eps) - G_t)^2)]."""
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
@@ -183,9 +189,9 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torc
     return float(1 - residual_var / target_var) if target_var > 0 else float("nan")
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(l) - sum softmax(l) * l, per position."""
-    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+def entropy_from_log_softmax(log_probs: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v pi(v) log pi(v), per position, from log-probabilities over the vocabulary."""
+    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 class AdaptiveKLController:
@@ -259,11 +265,12 @@ class ReferencePolicy:
         self.policy, self.reference = policy, reference
 
     @torch.inference_mode()
-    def logprobs(self, input_ids, attention_mask, response_start, temperature) -> torch.Tensor:
+    def logprobs(self, packed: PackedSequences, temperature: float) -> torch.Tensor:
+        """log pi_ref(y_t | x, y_<t) of every real response token, (N,)."""
         if self.reference is not None:
-            return response_logprobs(self.reference, input_ids, attention_mask, response_start, temperature)
+            return response_logprobs_packed(self.reference, packed, temperature)
         with self.policy.disable_adapter():
-            return response_logprobs(self.policy, input_ids, attention_mask, response_start, temperature)
+            return response_logprobs_packed(self.policy, packed, temperature)
 
     @contextlib.contextmanager
     def sampler(self):
@@ -443,17 +450,18 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
                                        settings.temperature, eos_id, pad_id, generator)
         generation_seconds = time.perf_counter() - step_started  # sampling syncs on every token (EOS check), so this is its real time
         mask = rollout.response_mask.float()
-        input_ids, attention_mask, start = rollout.input_ids, rollout.attention_mask, rollout.query_ids.shape[1]
+        # Every forward pass below reads only real tokens: the sequences packed without padding.
+        packed = pack_rollout(rollout)
 
         with torch.inference_mode(), accelerator.autocast():
-            old_logprobs = (response_logprobs(policy, input_ids, attention_mask, start, settings.temperature)
-                            if recompute_old_logprobs else rollout.logprobs) * mask
-            ref_logprobs = reference_policy.logprobs(input_ids, attention_mask, start, settings.temperature) * mask
+            old_logprobs = (packed.to_padded(response_logprobs_packed(policy, packed, settings.temperature))
+                            if recompute_old_logprobs else rollout.logprobs)
+            ref_logprobs = packed.to_padded(reference_policy.logprobs(packed, settings.temperature))
             # 2. score: r_phi(x, y) read at the EOS token; responses without EOS are penalised
-            scores = reward_scores(reward_model, rollout)
+            scores = reward_scores(reward_model, packed)
             ended = rollout.ended_with_eos(eos_id)
             penalised_scores = scores - settings.missing_eos_penalty * (~ended).float()
-            old_values = token_values(value_model, input_ids, attention_mask, start) * mask
+            old_values = packed.to_padded(token_values(value_model, packed))
 
         rollout_seconds = time.perf_counter() - step_started
 
@@ -477,20 +485,17 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             order = torch.randperm(settings.batch_size, generator=shuffler).to(device)
             for mb_start in range(0, settings.batch_size, settings.minibatch_size):
                 rows = order[mb_start : mb_start + settings.minibatch_size]
-                mb_mask = mask[rows]
-                width = max(int(mb_mask.sum(1).max()), 1)  # drop response columns that are padding in every row
-                mb_ids = input_ids[rows, : start + width]
-                mb_attention = attention_mask[rows, : start + width]
-                mb_mask = mb_mask[:, :width]
+                packed = pack_rollout(rollout, rows)
+                tokens = packed.response_mask  # selects the minibatch's real response tokens, in the packed order
                 with accelerator.autocast():
-                    logits = response_logits(policy, mb_ids, mb_attention, start).float() / settings.temperature
-                    logprobs = torch.log_softmax(logits, -1).gather(-1, mb_ids[:, start:, None]).squeeze(-1)
+                    log_probs = response_log_softmax(policy, packed, settings.temperature)  # log pi_theta(. | s_t)
+                    logprobs = log_probs.gather(1, packed.response_targets[:, None]).squeeze(1)
                     pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
-                        logprobs, old_logprobs[rows, :width], advantages[rows, :width], mb_mask, settings.clip_range
+                        logprobs, old_logprobs[rows][tokens], advantages[rows][tokens], settings.clip_range
                     )
-                    values = token_values(value_model, mb_ids, mb_attention, start)
+                    values = token_values(value_model, packed)
                     vf_loss = clipped_value_loss(
-                        values, old_values[rows, :width], returns[rows, :width], mb_mask, settings.clip_range_value
+                        values, old_values[rows][tokens], returns[rows][tokens], settings.clip_range_value
                     )
                     loss = pg_loss + settings.value_coef * vf_loss  # L = L_clip + c_v * L_V
                     if ptx_examples:
@@ -505,7 +510,7 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
-                    stats["entropy"].append(float(masked_mean(entropy_from_logits(logits), mb_mask)))
+                    stats["entropy"].append(float(entropy_from_log_softmax(log_probs).mean()))
                 stats["policy_loss"].append(pg_loss.item())
                 stats["value_loss"].append(vf_loss.item())
                 stats["clip_fraction"].append(clip_fraction.item())

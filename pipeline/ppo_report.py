@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.logprobs import response_logprobs
-from pipeline.ppo_rollout import Rollout, encode_prompts, reward_scores, sample_responses
+from pipeline.ppo_rollout import Rollout, encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
 
 CURVE_PANELS = (
     ("rm_score", "RM score"),
@@ -48,11 +47,9 @@ def evaluate_against_reference(
         ppo_scores += reward_scores(reward_model, ppo).tolist()
         sft_lengths += sft.response_lengths.tolist()
         ppo_lengths += ppo.response_lengths.tolist()
-        mask = ppo.response_mask.float()
-        start_column = ppo.query_ids.shape[1]
-        policy_logprobs = response_logprobs(policy, ppo.input_ids, ppo.attention_mask, start_column, settings.temperature)
-        ref_logprobs = reference_policy.logprobs(ppo.input_ids, ppo.attention_mask, start_column, settings.temperature)
-        kls += ((policy_logprobs - ref_logprobs) * mask).sum(1).tolist()
+        packed = pack_rollout(ppo)
+        log_ratio = response_logprobs_packed(policy, packed, settings.temperature) - reference_policy.logprobs(packed, settings.temperature)
+        kls += packed.to_padded(log_ratio).sum(1).tolist()
         sft_texts += decode_responses(tokenizer, sft)
         ppo_texts += decode_responses(tokenizer, ppo)
     response_length_sft = mean_or_nan(sft_lengths)

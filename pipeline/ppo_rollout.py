@@ -20,6 +20,7 @@ import torch
 
 from pipeline.base_model import render_prompt
 from pipeline.logprobs import position_ids_for
+from pipeline.packing import PackedSequences, pack
 
 
 @dataclass
@@ -104,8 +105,9 @@ def sample_responses(
     logprobs = torch.zeros((batch_size, max_new_tokens), device=device)
     n_columns = 0
     for column in range(max_new_tokens):
-        logprobs_all = torch.log_softmax(output.logits[:, -1].float() / temperature, dim=-1)
-        token = torch.multinomial(logprobs_all.exp(), 1, generator=generator).squeeze(1)
+        logits = output.logits[:, -1].float()
+        logprobs_all = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+        token = sample_categorical(logprobs_all.exp(), generator)
         response_ids[active, column] = token
         logprobs[active, column] = logprobs_all.gather(1, token[:, None]).squeeze(1)
         n_columns = column + 1
@@ -129,6 +131,15 @@ def sample_responses(
                    logprobs[:, :n_columns].masked_fill(response_mask == 0, 0.0))
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of `probs` by inverting its CDF: the first token whose cumulative probability
+    exceeds u ~ U[0, total). Same distribution as `torch.multinomial(probs, 1)`, about 20x cheaper on
+    the CPU for a 2k vocabulary (one uniform per row instead of one exponential per vocabulary entry)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(1)
+
+
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 up to and including the first EOS of each row, 0 after it (the whole row when there is none)."""
     is_eos = (response_ids == eos_token_id).long()
@@ -145,24 +156,56 @@ def score_head(model) -> torch.nn.Module:
     return head
 
 
-def backbone_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states of a sequence-classification model's backbone, (B, L, H)."""
-    backbone = getattr(model, model.base_model_prefix)
-    return backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
-    ).last_hidden_state
+def packed_hidden_states(backbone, packed: PackedSequences) -> torch.Tensor:
+    """Last hidden states of a packed batch, (rows, width, H). No attention mask and no cache: then the
+    restarting position ids make transformers build the block-diagonal causal mask."""
+    return backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state
 
 
-def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
-    """V(s_t) for every response column t: the score head on the hidden state just before token t, (B, R)."""
-    hidden = backbone_hidden_states(value_model, input_ids, attention_mask)
-    return score_head(value_model)(hidden[:, response_start - 1 : -1]).squeeze(-1).float()
+def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+    """(backbone, LM head, final logit soft-cap or None) of a causal LM, under a PEFT wrapper if any."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
+
+
+def response_log_softmax(model, packed: PackedSequences, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(. | x, y_<t) over the vocabulary for every real response token, (N, vocab), float32.
+
+    Only the N positions that predict a response token go through the LM head: no prompt or
+    padding position ever materialises a vocabulary-sized row.
+    """
+    backbone, head, softcap = causal_lm_parts(model)
+    hidden = packed_hidden_states(backbone, packed)[packed.response_rows, packed.response_cols]
+    logits = head(hidden).float()
+    if softcap is not None:  # Gemma-style final logit soft-capping, as the model's own forward applies it
+        logits = softcap * torch.tanh(logits / softcap)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1)
+
+
+def response_logprobs_packed(model, packed: PackedSequences, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of every real response token, (N,)."""
+    return response_log_softmax(model, packed, temperature).gather(1, packed.response_targets[:, None]).squeeze(1)
+
+
+def token_values(value_model, packed: PackedSequences) -> torch.Tensor:
+    """V(s_t) for every real response token t: the score head on the hidden state just before t, (N,)."""
+    hidden = packed_hidden_states(getattr(value_model, value_model.base_model_prefix), packed)
+    return score_head(value_model)(hidden[packed.response_rows, packed.response_cols]).squeeze(-1).float()
 
 
 @torch.inference_mode()
-def reward_scores(reward_model, rollout: Rollout) -> torch.Tensor:
-    """r_phi(x, y): the RM's scalar at the response's EOS (or last) token, (B,)."""
-    hidden = backbone_hidden_states(reward_model, rollout.input_ids, rollout.attention_mask)
-    eos_column = rollout.query_ids.shape[1] + rollout.last_index
-    at_eos = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_column]
-    return score_head(reward_model)(at_eos).squeeze(-1).float()
+def reward_scores(reward_model, rollout: Rollout | PackedSequences) -> torch.Tensor:
+    """r_phi(x, y): the RM's scalar at each response's EOS (or last) token, (B,)."""
+    packed = rollout if isinstance(rollout, PackedSequences) else pack_rollout(rollout)
+    hidden = packed_hidden_states(getattr(reward_model, reward_model.base_model_prefix), packed)
+    return score_head(reward_model)(hidden[packed.last_rows, packed.last_cols]).squeeze(-1).float()
+
+
+def pack_rollout(rollout: Rollout, rows: torch.Tensor | None = None) -> PackedSequences:
+    """The rollout's sequences (or the given rows of it), packed without padding."""
+    input_ids, attention_mask = rollout.input_ids, rollout.attention_mask
+    if rows is not None:
+        input_ids, attention_mask = input_ids[rows], attention_mask[rows]
+    return pack(input_ids, attention_mask, rollout.query_ids.shape[1])
