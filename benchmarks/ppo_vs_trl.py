@@ -1,12 +1,14 @@
 """Our PPO (`pipeline.ppo`) against TRL 1.12.0's `trl.experimental.ppo.PPOTrainer`, on the same inputs.
 
-    .venv/bin/python benchmarks/ppo_vs_trl.py [--artifacts-root artifacts] [--episodes 256] [--repeats 2]
+    .venv/bin/python benchmarks/ppo_vs_trl.py [--artifacts-root artifacts] [--episodes 384] [--repeats 3]
 
 Both trainers get the same SFT model, reward model, prompts, rollout batch size, minibatch size,
 response length, PPO epochs, temperature, learning rate (constant), KL coefficient and clip
 ranges. TRL runs in its own virtual environment (`benchmarks/.venv-trl112`, created on first use
 with trl==1.12.0, transformers==5.23.0, torch==2.13.0 CPU, accelerate). Each training run is a
 separate process; runs alternate (ours, TRL, TRL, ours, ...) so drift in machine load hits both.
+Repeat r trains both trainers with seed `--seed + r`: the RM-score gain after a few hundred episodes
+varies from seed to seed far more than between the trainers, so it is compared as a median over seeds.
 
 Per run: episodes/second of the training loop (model loading and saving excluded), peak resident
 memory of the process (ru_maxrss) up to the end of training, and the RM-score gain of the trained policy over the SFT model
@@ -206,10 +208,10 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
     parser.add_argument("--eval-prompts", type=int, default=16, help="held-out tail of ppo_prompts for the RM-score gain")
-    parser.add_argument("--eval-samples", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--eval-samples", type=int, default=32, help="sampled answers per held-out prompt")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both trainers")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat; repeat r uses seed + r")
     args = parser.parse_args()
     if args.worker:
         worker_main(args.worker)
@@ -241,11 +243,11 @@ def main() -> None:
             for trainer in order:
                 workdir = Path(scratch) / f"{trainer}-{repeat}"
                 workdir.mkdir()
-                result = run_one(trainer, job, workdir, trl_python)
+                result = run_one(trainer, {**job, "seed": args.seed + repeat}, workdir, trl_python)
                 result["rm_score_gain"] = evaluate_gain(workdir / "policy", sft, rm, eval_prompts, args)
-                result.update({"trainer": trainer, "repeat": repeat})
+                result.update({"trainer": trainer, "repeat": repeat, "seed": args.seed + repeat})
                 runs.append(result)
-                print(f"  {trainer:4s} run {repeat}: {result['episodes_per_second']:.2f} episodes/s, "
+                print(f"  {trainer:4s} run {repeat} (seed {args.seed + repeat}): {result['episodes_per_second']:.2f} episodes/s, "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB, RM-score gain {result['rm_score_gain']:+.3f}", flush=True)
 
     table = summarise(runs)
@@ -276,7 +278,8 @@ def summarise(runs: list[dict]) -> dict:
 def print_table(table: dict, args) -> None:
     print(f"\nPPO, {args.episodes} episodes, batch {args.batch_size}, minibatch {args.minibatch_size}, "
           f"{args.ppo_epochs} PPO epochs, response length {args.response_length}, {args.threads} threads, "
-          f"{args.repeats} runs each (median [min-max]); load average {os.getloadavg()[0]:.1f}")
+          f"{args.repeats} runs each, seeds {args.seed}-{args.seed + args.repeats - 1} (median [min-max]); "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("| trainer | episodes/s | peak RSS (MB) | RM-score gain |")
     print("|---|---|---|---|")
     for trainer, label in (("ours", "ours (pipeline.ppo)"), ("trl", "TRL 1.12.0 PPOTrainer")):
