@@ -12,6 +12,7 @@ check's run config (its op is named `<asset>_<check>`), for example:
 A failing check records counts and the first offending rows (markdown tables; rows are line
 numbers of the asset's `data.jsonl`) in its metadata. `quality_gate_checks(asset_keys)` builds the
 checks whose assets are defined, so a gate on an asset that does not exist yet is simply absent.
+A gate whose inputs, config and code did not change re-emits its last verdict (`quality_gates.reuse`).
 """
 
 import functools
@@ -42,6 +43,7 @@ from quality_gates.model_gates import (
     reward_margin_violations,
     steps_beyond_kl_bound,
 )
+from quality_gates.reuse import reusable_gate
 
 DATA_FILE = "data.jsonl"  # the data assets' record file (assets/data.py writes it)
 RM_EVAL_FILE = "rm_eval.json"
@@ -107,6 +109,7 @@ def dedup_check(asset_name: str) -> dg.AssetChecksDefinition:
         "No exact duplicates after normalising case, whitespace and punctuation, and no near duplicates "
         "(every compared field's word-bigram Jaccard at or above near_duplicate_threshold)."
     ))
+    @reusable_gate
     def _dedup(context: dg.AssetCheckExecutionContext, config: DedupConfig, data: Path) -> dg.AssetCheckResult:
         records = _records(data)
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
@@ -143,6 +146,7 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
             "13-word sequence in any text field (GPT-3 contamination test), or a short eval prompt contained whole."
         ),
     )
+    @reusable_gate
     def _eval_leak(
         context: dg.AssetCheckExecutionContext, config: EvalLeakConfig, data: Path, eval_prompts: Path
     ) -> dg.AssetCheckResult:
@@ -171,6 +175,7 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
     "Answer length alone must not predict the preference label: the share of pairs preferring the longer "
     "answer and the correlation of the label with the log length ratio stay within bounds."
 ))
+@reusable_gate
 def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBiasConfig, data: Path) -> dg.AssetCheckResult:
     pairs = _records(data)
     stats = measure_length_bias(pairs)
@@ -196,6 +201,7 @@ def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBias
     "The reward model's held-out accuracy and mean margin are high enough and its reward does not track "
     "response length (from rm_eval.json)."
 ))
+@reusable_gate
 def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMarginConfig, model_dir: Path) -> dg.AssetCheckResult:
     rm_eval = json.loads((Path(model_dir) / RM_EVAL_FILE).read_text())
     problems = reward_margin_violations(rm_eval, config)
@@ -227,6 +233,7 @@ def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMargin
     "PPO stayed near the SFT policy: mean KL to SFT under the bound and response length not drifting "
     "(ratio of PPO to SFT mean response length within bounds). Severity is configurable."
 ))
+@reusable_gate
 def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConfig, policy_dir: Path) -> dg.AssetCheckResult:
     summary_file = Path(policy_dir) / PPO_SUMMARY_FILE
     if not summary_file.exists():
@@ -260,6 +267,7 @@ def expectations_check(asset_name: str) -> dg.AssetChecksDefinition:
         "The asset's Great Expectations suite (fields present, non-null, lengths in bounds, unique records); "
         "Data Docs HTML under <artifacts root>/data_docs/."
     ))
+    @reusable_gate
     def _expectations(
         context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource, data: Path
     ) -> dg.AssetCheckResult:

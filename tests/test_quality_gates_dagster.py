@@ -193,3 +193,52 @@ def test_gates_exist_only_for_defined_assets():
     gate_keys = {key for check in quality_gate_checks(list(defs.assets)) for key in check.check_keys}
     assert gate_keys <= set(graph.asset_check_keys)
     assert all(graph.get(key).blocking for key in gate_keys)
+
+
+def test_gates_on_unchanged_inputs_reuse_their_verdict_and_a_failure_still_blocks(tmp_path):
+    """Same artifact, config and gate code: the last verdict comes back (failing ones too); a change re-evaluates."""
+    selected = {"sft_data", "eval_prompts"}
+    (tmp_path / "home").mkdir()
+    checks = [c for c in _checks() if {k.asset_key.to_user_string() for k in c.check_keys} <= {"sft_data"}]
+    assets = [*defs.assets, *checks]
+
+    def run(instance, tags=None, **dedup_config):
+        config = _run_config(selected)
+        if dedup_config:
+            config["ops"]["sft_data_dedup"] = {"config": dedup_config}
+        result = dg.materialize(assets, instance=instance, selection=_keys(sorted(selected)),
+                                run_config=config, resources=_resources(tmp_path / "artifacts"), tags=tags,
+                                raise_on_error=False)
+        return result, {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    def reused_from(evaluation):
+        value = evaluation.metadata.get("reused_from_run")
+        return value.value if value is not None else None
+
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        first, verdicts = run(instance)
+        assert first.success and set(verdicts) == {"dedup", "eval_leak", "expectations"}
+        assert all(reused_from(v) is None and v.passed for v in verdicts.values())
+
+        again, reused = run(instance)
+        assert again.success
+        for name, verdict in reused.items():
+            assert reused_from(verdict) == first.run_id, name
+            assert (verdict.passed, verdict.description) == (verdicts[name].passed, verdicts[name].description)
+            assert verdict.metadata["gate_fingerprint"] == verdicts[name].metadata["gate_fingerprint"]
+
+        # Changing one check's config re-evaluates that check only; every record is now a "near duplicate".
+        strict, evaluated = run(instance, near_duplicate_threshold=0.01)
+        assert not strict.success, "a failing blocking gate fails the run"
+        assert reused_from(evaluated["dedup"]) is None and not evaluated["dedup"].passed
+        assert reused_from(evaluated["eval_leak"]) == first.run_id
+
+        # The failing verdict, reused, still fails and still blocks the trainer in a later run.
+        repeat, still_failing = run(instance, near_duplicate_threshold=0.01)
+        assert not repeat.success and not still_failing["dedup"].passed
+        assert reused_from(still_failing["dedup"]) == strict.run_id
+        assert failed_input_gates(instance, {dg.AssetKey("sft_data")}, {k for c in checks for k in c.check_keys})
+
+        # The recompute tag evaluates again, whatever was recorded.
+        forced, recomputed = run(instance, tags={"rlhf/recompute": "all"})
+        assert forced.success and all(reused_from(v) is None for v in recomputed.values())
