@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipeline.base_model import PretrainSettings, TinyModelSpec
+from pipeline.settings import PretrainSettings, TinyModelSpec
 from pipeline.execution import gpu_op_tags
 from pipeline.markdown import markdown_table
 from pipeline.model_card import write_model_card

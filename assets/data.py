@@ -19,7 +19,6 @@ from pipeline.data_sources import SourceSettings, load_source
 from pipeline.markdown import markdown_table
 from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
-from quality_gates.schemas import validate_data
 
 DATA_FILE = "data.jsonl"
 STATS_FILE = "stats.json"
@@ -89,6 +88,8 @@ def _materialize_data(
     text_fields: tuple[str, ...],
     source: str | None,
 ) -> dg.Output:
+    from quality_gates.schemas import validate_data  # pandas + pandera: imported only by the steps that validate
+
     asset_name = context.asset_key.to_user_string()
     validate_data(records, asset_name, source or "generator")  # pandera: stops on a bad row, naming it
     stats = _stats(records, text_fields)

@@ -7,9 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.data import load_data
-from pipeline.evaluation import EvaluationSettings
-from pipeline.ppo import METRICS_FILE as PPO_METRICS_FILE
-from pipeline.report import EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG
+from pipeline.settings import EvaluationSettings
 from pipeline.incremental import reuse_if_unchanged
 from pipeline.execution import gpu_op_tags
 from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
@@ -21,6 +19,8 @@ class EvaluationReportConfig(dg.Config, EvaluationSettings):
 
 def recent_reports(instance: dg.DagsterInstance, asset_key: dg.AssetKey, limit: int) -> list[Path]:
     """eval.json of the latest `limit` materializations of the report, newest first (missing files skipped)."""
+    from pipeline.report import EVAL_JSON
+
     records = instance.fetch_materializations(asset_key, limit=limit).records
     paths = []
     for record in records:
@@ -48,7 +48,11 @@ def evaluation_report(
         return reused
     from pipeline.evaluation import compare_with_previous, evaluate
     from pipeline.judges import build_judge
-    from pipeline.report import read_training_metrics, write_report
+    from pipeline.ppo import METRICS_FILE as PPO_METRICS_FILE
+    from pipeline.report import (
+        EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG,
+        read_training_metrics, write_report,
+    )
 
     records = load_data(eval_prompts)
     judge = build_judge(config.judge_model, config.custom_judge, config.judge_max_new_tokens, config.device)

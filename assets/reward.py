@@ -13,7 +13,7 @@ from pipeline.model_card import write_model_card
 from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
-from pipeline.reward_model import RewardSettings
+from pipeline.settings import RewardSettings
 
 RM_EVAL_FILE = "rm_eval.json"
 

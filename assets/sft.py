@@ -14,7 +14,7 @@ from pipeline.model_card import write_model_card
 from pipeline.incremental import reuse_if_unchanged
 from pipeline.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
-from pipeline.sft import SftSettings
+from pipeline.settings import SftSettings
 
 SFT_EVAL_FILE = "sft_eval.json"
 

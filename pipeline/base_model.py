@@ -11,10 +11,10 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.settings import PretrainSettings, TinyModelSpec  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -34,32 +34,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-
-
-class TinyModelSpec(BaseModel):
-    """Shape of the default locally built Llama-style model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    vocab_size: int = Field(2048, gt=300)
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(4, gt=0)
-    num_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(384, gt=0)
-    max_position_embeddings: int = Field(512, gt=0)
-
-
-class PretrainSettings(BaseModel):
-    """Brief plain-text pretraining of the default model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    pretrain_steps: int = Field(200, ge=0)
-    pretrain_batch_size: int = Field(16, gt=0)
-    pretrain_sequence_length: int = Field(128, gt=0)
-    pretrain_learning_rate: float = Field(3e-3, gt=0)
-    pretrain_documents: int = Field(2000, gt=0)
-    seed: int = 0
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):

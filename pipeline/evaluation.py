@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import torch_cpu_threads
 from pipeline.generation import load_causal_lm
 from pipeline.judges import PairwiseJudge, judge_pairs
 from pipeline.verifiable_tasks import check_answer
+from pipeline.settings import EvaluationSettings  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -35,34 +35,6 @@ MODELS = ("base", "sft", "ppo")
 PAIRS = (("ppo", "sft"), ("sft", "base"), ("ppo", "base"))
 JUDGE_KEYS = ("reward_model", "rule_checker", "pairwise_judge")
 CI_LEVEL = 0.95
-
-
-class EvaluationSettings(BaseModel):
-    """Evaluation-report settings; the `evaluation_report` asset's config extends this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_new_tokens: int = Field(64, gt=0, description="answer length limit for every model")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy answers (deterministic)")
-    batch_size: int = Field(48, gt=0)
-    kl_samples_per_prompt: int = Field(2, gt=0, description="PPO samples per prompt for the KL estimate")
-    n_bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for every 95% interval")
-    n_spot_checks: int = Field(5, gt=0)
-    rm_tie_margin: float = Field(0.0, ge=0, description="RM score differences up to this count as ties")
-    judge_model: str | None = Field(
-        None, description="local HF causal LM directory to use as the pairwise judge (off by default: heuristic judge)"
-    )
-    judge_max_new_tokens: int = Field(64, gt=0)
-    custom_judge: str | None = Field(
-        None, description="'module.path:attribute' of your own pairwise judge; overrides judge_model"
-    )
-    cpu_threads: int = Field(
-        1, ge=0,
-        description="torch CPU threads while evaluating (0: leave torch's setting). Token-by-token generation "
-        "with a small model runs tiny matrix ops where extra threads mostly add synchronisation, worst on a shared CPU",
-    )
-    seed: int = 0
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
 
 @dataclass

@@ -25,10 +25,9 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base_model import render_prompt
 from pipeline.device import select_device, torch_cpu_threads
@@ -43,6 +42,7 @@ from pipeline.ppo_rollout import (
     sample_responses,
     token_values,
 )
+from pipeline.settings import PpoSettings  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -51,53 +51,6 @@ SUMMARY_FILE = "ppo_summary.json"
 CURVES_FILE = "training_curves.png"
 VALUE_MODEL_DIR = "value_model"
 CHECKPOINT_STATE_FILE = "ppo_state.pt"
-
-
-class PpoSettings(BaseModel):
-    """PPO hyperparameters; the `ppo_policy` asset's config extends this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    total_episodes: int = Field(512, gt=0, description="prompts answered during training (steps = total_episodes // batch_size)")
-    batch_size: int = Field(64, gt=0, description="prompts per rollout (one PPO step)")
-    minibatch_size: int = Field(32, gt=0, description="rollout rows per gradient step")
-    ppo_epochs: int = Field(2, gt=0, description="passes over each rollout")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy")
-    value_learning_rate: float | None = Field(
-        1e-3, gt=0, description="AdamW learning rate of the value model (None: learning_rate); the value head "
-        "starts as the RM and must learn per-token returns quickly for useful advantages"
-    )
-    max_new_tokens: int = Field(64, gt=0, description="maximum response length")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaling")
-    kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
-    kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the reward")
-    adaptive_kl: bool = Field(False, description="adapt beta towards target_kl (Ziegler et al. 2019)")
-    target_kl: float = Field(4.0, gt=0, description="per-sequence KL the adaptive controller aims for")
-    kl_horizon: int = Field(10000, gt=0, description="adaptive controller horizon, in episodes")
-    kl_bound: float = Field(8.0, gt=0, description="mean per-sequence KL to SFT the final policy must stay under (quality gate)")
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    clip_range: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
-    clip_range_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
-    value_coef: float = Field(0.1, ge=0, description="c_v: weight of the value loss")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip, applied to policy and value model separately")
-    whiten_advantages: bool = True
-    normalize_rewards: bool = Field(False, description="whiten per-token rewards (scale only) before GAE")
-    missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses with no EOS")
-    ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the SFT loss on ptx records (0 = off)")
-    ptx_batch_size: int = Field(8, gt=0)
-    use_lora: bool = Field(False, description="train a LoRA adapter; the reference is the base with the adapter off")
-    lora_rank: int = Field(8, gt=0)
-    lora_alpha: int = Field(16, gt=0)
-    checkpoint_every: int = Field(5, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
-    n_eval_prompts: int = Field(16, ge=0, description="held-out prompts (the tail of ppo_prompts) for the SFT-vs-PPO evaluation")
-    n_eval_samples: int = Field(8, gt=0, description="sampled answers per held-out prompt")
-    cpu_threads: int | None = Field(
-        1, gt=0, description="torch threads on CPU during PPO (None keeps torch's setting); small models run "
-        "fastest single-threaded, and multi-threaded waits collapse on a shared, busy CPU"
-    )
-    seed: int = 0
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
 
 # --- the PPO equations ------------------------------------------------------------------------

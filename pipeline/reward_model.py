@@ -15,31 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base_model import render_prompt
 from pipeline.device import select_device
 from pipeline.logprobs import position_ids_for
 from pipeline.sft import split_held_out
+from pipeline.settings import RewardSettings  # re-exported
 
 logger = logging.getLogger(__name__)
-
-
-class RewardSettings(BaseModel):
-    """Reward-model hyperparameters; the `reward_model` asset's config extends this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    learning_rate: float = Field(5e-4, gt=0)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(16, gt=0)
-    max_length: int = Field(256, gt=0, description="pairs longer than this are dropped by TRL (counted here)")
-    held_out_fraction: float = Field(0.15, gt=0, lt=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    center_rewards_coefficient: float = Field(0.01, ge=0, description="keeps rewards centred on zero")
-    calibration_bins: int = Field(5, gt=0)
-    seed: int = 0
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
 
 def to_preference_dataset(tokenizer, pairs: Sequence[dict[str, Any]]):

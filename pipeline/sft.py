@@ -13,38 +13,14 @@ from typing import Any
 
 from pipeline.base_model import render_prompt
 from pipeline.conversations import AssistantTurns, assistant_turn_examples
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import select_device
 from pipeline.generation import generate
 from pipeline.multi_gpu import save_trained_model
 from pipeline.training_checkpoints import TrainingScratch
+from pipeline.settings import SftSettings  # re-exported
 
 logger = logging.getLogger(__name__)
-
-
-class SftSettings(BaseModel):
-    """SFT hyperparameters; the `sft_checkpoint` asset's config extends this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate (cosine schedule)")
-    epochs: float = Field(3.0, gt=0)
-    batch_size: int = Field(16, gt=0)
-    max_length: int = Field(256, gt=0, description="prompt + answer tokens; longer examples are truncated")
-    held_out_fraction: float = Field(0.1, ge=0, lt=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    n_format_samples: int = Field(32, gt=0, description="held-out prompts answered to measure format adherence")
-    max_new_tokens: int = Field(96, gt=0)
-    assistant_turns: AssistantTurns = Field(
-        "all", description="conversational records (`messages`): train on every assistant turn, or the last only"
-    )
-    checkpoint_every_steps: int = Field(
-        50, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir)"
-    )
-    seed: int = 0
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
 
 def split_held_out(records: Sequence[dict[str, Any]], fraction: float, seed: int):
