@@ -11,6 +11,10 @@ One PPO step (`train_ppo`, steps 1-5):
   4. advantage  GAE(gamma, lambda) on R_t and V_psi, whitened
   5. update     several epochs over minibatches of the clipped policy loss + c_v * clipped value loss
                 (+ optional PPO-ptx SFT loss), with gradient clipping; dropout is off throughout.
+
+Every forward pass after sampling reads only real tokens: the rollout's sequences are packed end to
+end without padding (`pipeline.packing`), so the losses are plain means over the flat vector of a
+minibatch's response tokens, while rewards, values and GAE keep the (batch, response column) layout.
 """
 
 from __future__ import annotations
