@@ -46,12 +46,12 @@ def evaluation_report(
     judges with 95% intervals, KL of PPO to SFT, and reward-hacking spot checks."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.evaluation import compare_with_previous, evaluate
+    from pipeline.evaluation import evaluate
     from pipeline.judges import build_judge
     from pipeline.ppo import METRICS_FILE as PPO_METRICS_FILE
     from pipeline.report import (
         EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG,
-        read_training_metrics, write_report,
+        compare_with_previous, read_training_metrics, write_report,
     )
 
     records = load_data(eval_prompts)
@@ -109,7 +109,7 @@ def evaluation_report(
     description="WARN when a metric of the latest report is worse than the previous report's beyond the 95% intervals",
 )
 def no_regression_vs_previous_report(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from pipeline.evaluation import compare_with_previous
+    from pipeline.report import compare_with_previous
 
     reports = recent_reports(context.instance, evaluation_report.key, limit=2)
     if len(reports) < 2:

@@ -26,11 +26,11 @@ from pipeline.device import torch_cpu_threads
 from pipeline.generation import load_causal_lm
 from pipeline.judges import PairwiseJudge, judge_pairs
 from pipeline.verifiable_tasks import check_answer
+from pipeline.report import MODELS
 from pipeline.settings import EvaluationSettings  # re-exported
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("base", "sft", "ppo")
 # (x, y): "x_vs_y" is the rate at which x's answer beats y's (ties count half).
 PAIRS = (("ppo", "sft"), ("sft", "base"), ("ppo", "base"))
 JUDGE_KEYS = ("reward_model", "rule_checker", "pairwise_judge")
@@ -394,39 +394,3 @@ def spot_checks(answers: Mapping[str, Sequence[Answer]], n: int) -> dict[str, li
 
 
 # --- comparison with the previous report -------------------------------------------------------
-
-
-def compare_with_previous(current: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
-    """Metrics that got worse beyond their intervals: the current 95% interval lies entirely below
-    the previous one (KL: entirely above). RM-based numbers are compared only when both reports used
-    the same reward model, since scores from different RMs are on different scales."""
-    same_rm = current.get("inputs", {}).get("reward_model") == previous.get("inputs", {}).get("reward_model")
-    regressions: list[dict[str, Any]] = []
-
-    def compare(metric: str, now_value, now_ci, before_value, before_ci, higher_is_better: bool = True) -> None:
-        if not now_ci or not before_ci or now_value is None or before_value is None:
-            return
-        worse = now_ci[1] < before_ci[0] if higher_is_better else now_ci[0] > before_ci[1]
-        if worse:
-            regressions.append({"metric": metric, "previous": before_value, "previous_ci95": list(before_ci),
-                                "current": now_value, "current_ci95": list(now_ci)})
-
-    for name in MODELS:
-        now, before = current.get("models", {}).get(name), previous.get("models", {}).get(name)
-        if not now or not before:
-            continue
-        fields = ["checker_accuracy", "format_adherence"] + (["rm_score_mean"] if same_rm else [])
-        for field in fields:
-            ci_field = "rm_score_ci95" if field == "rm_score_mean" else f"{field}_ci95"
-            compare(f"models.{name}.{field}", now.get(field), now.get(ci_field), before.get(field), before.get(ci_field))
-    for pair, judges in current.get("win_rates", {}).items():
-        for judge_key, now in judges.items():
-            before = previous.get("win_rates", {}).get(pair, {}).get(judge_key)
-            if before is None or (judge_key == "reward_model" and not same_rm):
-                continue
-            if judge_key == "pairwise_judge" and now.get("judge") != before.get("judge"):
-                continue
-            compare(f"win_rates.{pair}.{judge_key}", now.get("rate"), now.get("ci95"), before.get("rate"), before.get("ci95"))
-    compare("kl_ppo_vs_sft", current.get("kl_ppo_vs_sft"), current.get("kl_ppo_vs_sft_ci95"),
-            previous.get("kl_ppo_vs_sft"), previous.get("kl_ppo_vs_sft_ci95"), higher_is_better=False)
-    return {"same_reward_model": same_rm, "regressions": regressions}

@@ -13,7 +13,6 @@ from pipeline.evaluation import (
     EvaluationSettings,
     bootstrap_mean_ci,
     checker_outcomes,
-    compare_with_previous,
     rm_outcomes,
     summarise,
     win_rate,
@@ -36,6 +35,7 @@ from pipeline.report import (
     SECTION_TITLES,
     TRAINING_CURVES_PNG,
     WIN_RATES_PNG,
+    compare_with_previous,
     read_training_metrics,
     write_report,
 )
