@@ -38,7 +38,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Path:
         asset_key = context.asset_key
-        event = context.instance.get_latest_materialization_event(asset_key)
+        # The newest materialization; one indexed query, a few ms cheaper than get_latest_materialization_event.
+        records = context.instance.fetch_materializations(asset_key, limit=1).records
+        event = records[0].event_log_entry if records else None
         if event is None or event.asset_materialization is None:
             raise dg.Failure(
                 f"asset {asset_key.to_user_string()} has never been materialized in this Dagster instance; "
