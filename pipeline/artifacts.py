@@ -41,6 +41,16 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Final directory -> its content hash, from the commit that created it in this process, so the step
+# that wrote an artifact does not hash it a second time for its data version (seconds for a real model).
+_COMMITTED_HASHES: dict[Path, str] = {}
+
+
+def committed_content_hash(path: Path) -> str:
+    """The content hash of an artifact: the one computed when this process committed it, else computed now."""
+    return _COMMITTED_HASHES.pop(Path(path).resolve(), None) or content_hash(path)
+
+
 def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -79,6 +89,7 @@ class ArtifactStore:
         final_dir = parent / f"{stamp}-{digest[:12]}"
         _fsync_tree(staging_dir)
         os.rename(staging_dir, final_dir)  # atomic on one filesystem; final_dir never existed
+        _COMMITTED_HASHES[final_dir.resolve()] = digest
         return final_dir
 
 

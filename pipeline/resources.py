@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.artifacts import ArtifactStore, content_hash, directory_size
+from pipeline.artifacts import ArtifactStore, committed_content_hash, directory_size
 from pipeline.provenance import provenance_metadata
 from pipeline.safety import redact_metadata
 
@@ -65,7 +65,7 @@ def artifact_output(path: Path, metadata: dict[str, Any]) -> dg.Output:
     DVC record) for the asset being materialized. Access tokens and other secrets (in the recorded
     config, say) are masked: metadata is shown in the web UI and kept in the instance for good.
     """
-    digest = content_hash(path)
+    digest = committed_content_hash(path)
     return dg.Output(
         value=path,
         data_version=dg.DataVersion(digest),
