@@ -442,17 +442,17 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             order = torch.randperm(settings.batch_size, generator=shuffler).to(device)
             for mb_start in range(0, settings.batch_size, settings.minibatch_size):
                 rows = order[mb_start : mb_start + settings.minibatch_size]
-                packed = pack_rollout(rollout, rows)
-                tokens = packed.response_mask  # selects the minibatch's real response tokens, in the packed order
+                minibatch = pack_rollout(rollout, rows)
+                real = minibatch.response_mask  # [rows][real] lists the minibatch's response tokens in packed order
                 with accelerator.autocast():
-                    log_probs = response_log_softmax(policy, packed, settings.temperature)  # log pi_theta(. | s_t)
-                    logprobs = log_probs.gather(1, packed.response_targets[:, None]).squeeze(1)
+                    log_probs = response_log_softmax(policy, minibatch, settings.temperature)  # log pi_theta(. | s_t)
+                    logprobs = log_probs.gather(1, minibatch.response_targets[:, None]).squeeze(1)
                     pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
-                        logprobs, old_logprobs[rows][tokens], advantages[rows][tokens], settings.clip_range
+                        logprobs, old_logprobs[rows][real], advantages[rows][real], settings.clip_range
                     )
-                    values = token_values(value_model, packed)
+                    values = token_values(value_model, minibatch)
                     vf_loss = clipped_value_loss(
-                        values, old_values[rows][tokens], returns[rows][tokens], settings.clip_range_value
+                        values, old_values[rows][real], returns[rows][real], settings.clip_range_value
                     )
                     loss = pg_loss + settings.value_coef * vf_loss  # L = L_clip + c_v * L_V
                     if ptx_examples:
