@@ -8,12 +8,13 @@ ranges. TRL runs in its own virtual environment (`benchmarks/.venv-trl112`, crea
 with trl==1.12.0, transformers==5.23.0, torch==2.13.0 CPU, accelerate). Each training run is a
 separate process; runs alternate (ours, TRL, TRL, ours, ...) so drift in machine load hits both.
 Repeat r trains both trainers with seed `--seed + r`: the RM-score gain after a few hundred episodes
-varies from seed to seed far more than between the trainers, so it is compared as a median over seeds.
+varies from seed to seed by about as much as the trainers differ, so compare medians over seeds.
 
 Per run: episodes/second of the training loop (model loading and saving excluded), peak resident
-memory of the process (ru_maxrss) up to the end of training, and the RM-score gain of the trained policy over the SFT model
-on held-out prompts (answers sampled at the training temperature, scored here by the same code for
-both). Prints a table with medians and ratios; writes JSON under `benchmarks/results/`.
+memory of the process (ru_maxrss) up to the end of training, and, on held-out prompts with answers
+sampled at the training temperature and scored by the same code for both: the RM-score gain of the
+trained policy over the SFT model, and the policy's KL to the SFT model (what the gain cost).
+Prints a table with medians and ratios; writes JSON under `benchmarks/results/`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TRL_VENV = REPO_ROOT / "benchmarks" / ".venv-trl112"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 TORCH_WHEEL_GLOB = "/opt/wheels/torch-2.13.0+cpu-*.whl"
 TRL_REQUIREMENTS = ["trl==1.12.0", "transformers==5.23.0", "accelerate==1.15.0"]
+TRL_ADAM_EPSILON = 1e-8  # transformers.TrainingArguments.adam_epsilon, which TRL's PPOTrainer uses
 # Run as a script, this file's folder comes first on sys.path, where `benchmarks/pipeline.py` would
 # shadow the `pipeline` package: look in the repository root instead.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
@@ -49,6 +51,7 @@ def run_ours(job: dict) -> dict:
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
         ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], value_learning_rate=job.get("value_learning_rate"),
+        adam_epsilon=TRL_ADAM_EPSILON,  # the same optimizer as TRL's: HF Trainer's AdamW, eps 1e-8, no weight decay
         max_new_tokens=job["response_length"],
         temperature=job["temperature"], kl_coef=job["kl_coef"], missing_eos_penalty=job["missing_eos_penalty"],
         checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device="cpu", cpu_threads=job["threads"],
@@ -152,28 +155,37 @@ def latest_artifact(root: Path, asset: str) -> Path:
     return candidates[-1]
 
 
-def evaluate_gain(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list[str], args) -> float:
-    """Mean RM score of sampled answers, policy minus SFT, on the held-out prompts."""
+def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list[str], args) -> dict[str, float]:
+    """On the held-out prompts, with answers sampled at the training temperature by the same code for
+    both trainers: the mean RM score of the policy minus the SFT model's, and the policy's KL to SFT
+    (mean over its answers of sum_t log pi(y_t) - log pi_sft(y_t), an unbiased per-answer estimate)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.ppo_rollout import encode_prompts, reward_scores, sample_responses
+    from pipeline.ppo_rollout import encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).eval()
+    sft = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
     repeated = [p for p in prompts for _ in range(args.eval_samples)]
-    means = []
-    for model_dir in (policy_dir, sft_dir):
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        scores = []
+    scores: dict[str, list[float]] = {"policy": [], "sft": []}
+    kls: list[float] = []
+    with torch.inference_mode():
         for start in range(0, len(repeated), 64):
             batch = encode_prompts(tokenizer, repeated[start : start + 64], torch.device("cpu"))
-            generator = torch.Generator().manual_seed(1234 + start)
-            rollout = sample_responses(model, batch, args.response_length, args.temperature,
-                                       tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
-            scores += reward_scores(reward_model, rollout).tolist()
-        means.append(sum(scores) / len(scores))
-    return means[0] - means[1]
+            for name, model in (("policy", policy), ("sft", sft)):
+                generator = torch.Generator().manual_seed(1234 + start)
+                rollout = sample_responses(model, batch, args.response_length, args.temperature,
+                                           tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+                scores[name] += reward_scores(reward_model, rollout).tolist()
+                if name == "policy":
+                    packed = pack_rollout(rollout)
+                    log_ratio = (response_logprobs_packed(policy, packed, args.temperature)
+                                 - response_logprobs_packed(sft, packed, args.temperature))
+                    kls += packed.to_padded(log_ratio).sum(1).tolist()
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {"rm_score_gain": mean(scores["policy"]) - mean(scores["sft"]), "kl_to_sft": mean(kls)}
 
 
 def run_one(trainer: str, job: dict, workdir: Path, trl_python: Path) -> dict:
@@ -244,11 +256,12 @@ def main() -> None:
                 workdir = Path(scratch) / f"{trainer}-{repeat}"
                 workdir.mkdir()
                 result = run_one(trainer, {**job, "seed": args.seed + repeat}, workdir, trl_python)
-                result["rm_score_gain"] = evaluate_gain(workdir / "policy", sft, rm, eval_prompts, args)
+                result.update(evaluate_policy(workdir / "policy", sft, rm, eval_prompts, args))
                 result.update({"trainer": trainer, "repeat": repeat, "seed": args.seed + repeat})
                 runs.append(result)
                 print(f"  {trainer:4s} run {repeat} (seed {args.seed + repeat}): {result['episodes_per_second']:.2f} episodes/s, "
-                      f"peak RSS {result['peak_rss_mb']:.0f} MB, RM-score gain {result['rm_score_gain']:+.3f}", flush=True)
+                      f"peak RSS {result['peak_rss_mb']:.0f} MB, RM-score gain {result['rm_score_gain']:+.3f}, "
+                      f"KL to SFT {result['kl_to_sft']:.2f}", flush=True)
 
     table = summarise(runs)
     print_table(table, args)
@@ -265,7 +278,7 @@ def summarise(runs: list[dict]) -> dict:
         mine = [r for r in runs if r["trainer"] == trainer]
         table[trainer] = {
             key: {"median": statistics.median(r[key] for r in mine), "min": min(r[key] for r in mine), "max": max(r[key] for r in mine)}
-            for key in ("episodes_per_second", "peak_rss_mb", "rm_score_gain")
+            for key in ("episodes_per_second", "peak_rss_mb", "rm_score_gain", "kl_to_sft")
         }
     table["ratio"] = {
         "episodes_per_second": table["ours"]["episodes_per_second"]["median"] / table["trl"]["episodes_per_second"]["median"],
@@ -280,15 +293,16 @@ def print_table(table: dict, args) -> None:
           f"{args.ppo_epochs} PPO epochs, response length {args.response_length}, {args.threads} threads, "
           f"{args.repeats} runs each, seeds {args.seed}-{args.seed + args.repeats - 1} (median [min-max]); "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("| trainer | episodes/s | peak RSS (MB) | RM-score gain |")
-    print("|---|---|---|---|")
+    print("| trainer | episodes/s | peak RSS (MB) | RM-score gain | KL to SFT |")
+    print("|---|---|---|---|---|")
     for trainer, label in (("ours", "ours (pipeline.ppo)"), ("trl", "TRL 1.12.0 PPOTrainer")):
         row = table[trainer]
-        cells = [f"{row[k]['median']:.2f} [{row[k]['min']:.2f}-{row[k]['max']:.2f}]" for k in ("episodes_per_second", "peak_rss_mb", "rm_score_gain")]
+        cells = [f"{row[k]['median']:.2f} [{row[k]['min']:.2f}-{row[k]['max']:.2f}]"
+                 for k in ("episodes_per_second", "peak_rss_mb", "rm_score_gain", "kl_to_sft")]
         print(f"| {label} | " + " | ".join(cells) + " |")
     ratio = table["ratio"]
     print(f"| ours / TRL | {ratio['episodes_per_second']:.2f}x | {ratio['peak_rss_mb']:.2f}x | "
-          f"{ratio['rm_score_gain_difference']:+.3f} (difference) |")
+          f"{ratio['rm_score_gain_difference']:+.3f} (difference) | |")
 
 
 if __name__ == "__main__":

@@ -371,7 +371,7 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     optimizer = torch.optim.AdamW([
         {"params": policy_parameters, "lr": settings.learning_rate},
         {"params": value_parameters, "lr": settings.value_learning_rate or settings.learning_rate},
-    ], eps=1e-5)
+    ], eps=settings.adam_epsilon, weight_decay=0.0)
     policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
     reference_policy = ReferencePolicy(accelerator.unwrap_model(policy), reference)
     kl_controller = (

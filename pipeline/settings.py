@@ -109,6 +109,10 @@ class PpoSettings(BaseModel):
         1e-3, gt=0, description="AdamW learning rate of the value model (None: learning_rate); the value head "
         "starts as the RM and must learn per-token returns quickly for useful advantages"
     )
+    adam_epsilon: float = Field(
+        1e-5, gt=0, description="AdamW epsilon, as in most PPO code (HF Trainer's default is 1e-8); there is no "
+        "weight decay, which would pull the policy towards zero rather than towards SFT"
+    )
     max_new_tokens: int = Field(64, gt=0, description="maximum response length")
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaling")
     kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
