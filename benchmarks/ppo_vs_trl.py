@@ -178,9 +178,9 @@ def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list
                 generator = torch.Generator().manual_seed(1234 + start)
                 rollout = sample_responses(model, batch, args.response_length, args.temperature,
                                            tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
-                scores[name] += reward_scores(reward_model, rollout).tolist()
+                packed = pack_rollout(rollout)
+                scores[name] += reward_scores(reward_model, packed).tolist()
                 if name == "policy":
-                    packed = pack_rollout(rollout)
                     log_ratio = (response_logprobs_packed(policy, packed, args.temperature)
                                  - response_logprobs_packed(sft, packed, args.temperature))
                     kls += packed.to_padded(log_ratio).sum(1).tolist()

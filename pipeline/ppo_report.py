@@ -43,11 +43,11 @@ def evaluate_against_reference(
                                    tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
         ppo = sample_responses(policy, batch, settings.max_new_tokens, settings.temperature,
                                tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        packed = pack_rollout(ppo)  # one packing serves the PPO answers' RM score and their KL
         sft_scores += reward_scores(reward_model, sft).tolist()
-        ppo_scores += reward_scores(reward_model, ppo).tolist()
+        ppo_scores += reward_scores(reward_model, packed).tolist()
         sft_lengths += sft.response_lengths.tolist()
         ppo_lengths += ppo.response_lengths.tolist()
-        packed = pack_rollout(ppo)
         log_ratio = response_logprobs_packed(policy, packed, settings.temperature) - reference_policy.logprobs(packed, settings.temperature)
         kls += packed.to_padded(log_ratio).sum(1).tolist()
         sft_texts += decode_responses(tokenizer, sft)
