@@ -174,10 +174,10 @@ def sample_for_kl(policy, tokenizer, prompts: Sequence[str], samples_per_prompt:
 @torch.inference_mode()
 def sequence_logprob_sums(model, rollout) -> torch.Tensor:
     """log pi(y | x) of each sampled response: per-token log-probs summed over real response tokens."""
-    from pipeline.logprobs import response_logprobs
+    from pipeline.ppo_rollout import pack_rollout, response_logprobs_packed
 
-    token_logprobs = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.query_ids.shape[1])
-    return (token_logprobs * rollout.response_mask).sum(1).cpu()
+    packed = pack_rollout(rollout)
+    return packed.to_padded(response_logprobs_packed(model, packed)).sum(1).cpu()
 
 
 @torch.inference_mode()
@@ -391,6 +391,3 @@ def spot_checks(answers: Mapping[str, Sequence[Answer]], n: int) -> dict[str, li
         "rm_checker_disagreements": disagreements[:n],
         "failed_but_high_rm": wrong_but_liked[:n],
     }
-
-
-# --- comparison with the previous report -------------------------------------------------------

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
 from pipeline.data_generator import pretraining_text, prompt_records
-from pipeline.logprobs import position_ids_for, response_logprobs
+from pipeline.logprobs import position_ids_for
 from pipeline.packing import first_fit_decreasing, pack
 from pipeline.ppo import clipped_policy_loss, clipped_value_loss, entropy_from_log_softmax
 from pipeline.ppo_rollout import (
@@ -19,6 +19,7 @@ from pipeline.ppo_rollout import (
     sample_responses,
     token_values,
 )
+from padded_forward import response_logprobs
 
 SPEC = TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 import pipeline.ppo as ppo
 from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
 from pipeline.data_generator import pretraining_text, prompt_records
-from pipeline.logprobs import response_logprobs
 from pipeline.ppo import (
     PpoSettings,
     generalized_advantages,
@@ -24,6 +23,7 @@ from pipeline.ppo_rollout import (
     response_mask_from_ids,
     sample_responses,
 )
+from padded_forward import response_logprobs
 
 SPEC = TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 # A one-token bandit: the RM scores the sampled token, which PPO can learn within a few steps.
@@ -63,7 +63,7 @@ def test_gae_matches_a_hand_computed_example():
 
 
 def test_per_token_reward_has_the_score_at_eos_only_and_kl_on_every_response_token():
-    eos, pad = 2, 0
+    eos = 2
     response_ids = torch.tensor([[5, 6, eos, 7, 8], [5, 6, 7, 8, 9]])
     mask = response_mask_from_ids(response_ids, eos).float()
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
