@@ -20,12 +20,10 @@ from typing import Any
 
 import dagster as dg
 from dagster import AssetCheckSeverity
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pipeline.markdown import markdown_table
 from quality_gates.checks import all_gate_check_keys
-
-_COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+from quality_gates.reuse import latest_completed_evaluation
 
 
 def failed_input_gates(
@@ -36,16 +34,16 @@ def failed_input_gates(
     for check_key in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
         if check_key.asset_key not in input_keys:
             continue
-        history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1, status=_COMPLETED)
-        if not history or history[0].event is None or history[0].event.dagster_event is None:
+        latest = latest_completed_evaluation(instance, check_key)
+        if latest is None:
             continue
-        evaluation = history[0].event.dagster_event.event_specific_data
+        record, evaluation = latest
         if evaluation.passed or not evaluation.blocking or evaluation.severity != AssetCheckSeverity.ERROR:
             continue
         failed.append({
             "check": f"{check_key.asset_key.to_user_string()}:{check_key.name}",
-            "run_id": history[0].run_id,
-            "evaluated_at": datetime.fromtimestamp(history[0].create_timestamp, timezone.utc).isoformat(timespec="seconds"),
+            "run_id": record.run_id,
+            "evaluated_at": datetime.fromtimestamp(record.create_timestamp, timezone.utc).isoformat(timespec="seconds"),
             "description": evaluation.description or "",
         })
     return failed

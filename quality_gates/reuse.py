@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+    AssetCheckExecutionRecord,
+)
 
 from pipeline.incremental import REUSED_FROM_RUN_KEY, recompute_requested
 from pipeline.lineage import metadata_value
 
 FINGERPRINT_KEY = "gate_fingerprint"
-_COMPLETED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
 
 @functools.cache
@@ -52,18 +54,30 @@ def gate_fingerprint(check_key: dg.AssetCheckKey, config: dict[str, Any] | None,
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def previous_verdict(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, fingerprint: str):
-    """(run id, evaluation) of the check's latest completed evaluation if it has this fingerprint, else None."""
-    history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1, status=_COMPLETED)
+def latest_completed_evaluation(
+    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
+) -> tuple[AssetCheckExecutionRecord, dg.AssetCheckEvaluation] | None:
+    """The check's latest evaluation that passed or failed (not one planned or in progress), with its record."""
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        check_key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
+    )
     if not history or history[0].event is None or history[0].event.dagster_event is None:
         return None
-    evaluation = history[0].event.dagster_event.event_specific_data
+    return history[0], history[0].event.dagster_event.event_specific_data
+
+
+def previous_verdict(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, fingerprint: str):
+    """(run id, evaluation) of the check's latest completed evaluation if it has this fingerprint, else None."""
+    latest = latest_completed_evaluation(instance, check_key)
+    if latest is None:
+        return None
+    record, evaluation = latest
     if metadata_value(evaluation.metadata.get(FINGERPRINT_KEY)) != fingerprint:
         return None
     for value in evaluation.metadata.values():
         if isinstance(value, dg.PathMetadataValue) and not os.path.exists(value.path):
             return None  # a file the verdict shows (Data Docs, a report) is gone: evaluate again
-    origin = metadata_value(evaluation.metadata.get(REUSED_FROM_RUN_KEY)) or history[0].run_id
+    origin = metadata_value(evaluation.metadata.get(REUSED_FROM_RUN_KEY)) or record.run_id
     return str(origin), evaluation
 
 
