@@ -38,7 +38,11 @@ EVAL_TEMPLATES = (
     "Tell me about {c}, with an example.",
     "Can you help me understand {c}?",
 )
-FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic")
+FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad")
+# The ways a flawed demonstration falls short: real demonstrations vary in quality and SFT imitates
+# them all; the preference pairs' rejected answers fail in the same ways, so the reward model learns
+# which of the SFT model's own kinds of answer is better.
+DEMONSTRATION_FLAWS = ("wrong", "padded", "vague", "repetitive")
 
 # Fixed prompts for `base_probe`: evaluation phrasings only, so they never occur in training.
 PROBE_PROMPTS = (
@@ -46,10 +50,10 @@ PROBE_PROMPTS = (
     "Can you help me understand the KL penalty in RLHF?",
     "Tell me about a reward model, with an example.",
     "Can you help me understand overfitting?",
-    "Add 17 and 25 together.",
-    "Arrange from smallest to largest: 9, 3, 41, 12.",
-    "In 'strawberry', how often does 'r' occur?",
-    "List these words backwards, last word first: river garden rocket.",
+    "Tell me 8 plus 5, please.",
+    "Please sort, smallest first: 9, 3, 21, 12.",
+    "Tell me the last word in the list river garden rocket.",
+    "Please reverse this list of words: river garden rocket.",
 )
 
 
@@ -83,7 +87,15 @@ def rejected_explanation(concept: Concept, mode: str, rng: random.Random) -> str
         return " ".join([sentence] * rng.randint(2, 3))
     if mode == "off_topic":
         return rng.choice(OFF_TOPIC_ANSWERS)
+    if mode == "salad":
+        return _salad(concept, rng)
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+
+
+def _salad(concept: Concept, rng: random.Random) -> str:
+    """Fluent fragments of several concepts stitched together, the shape a policy finds when it games the RM."""
+    other, third = _other_concept(concept, rng), _other_concept(concept, rng)
+    return f"{_capitalise(concept.name)} is {other.definition}. {third.why}. The answer is {third.definition}."
 
 
 def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) -> str:
@@ -99,7 +111,21 @@ def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) 
         return " ".join([first_sentence] * 3)
     if mode == "off_topic":
         return rng.choice(OFF_TOPIC_ANSWERS)
+    if mode == "salad":
+        concept = rng.choice(GLOSSARY)
+        return f"The answer is {concept.definition}. {concept.why}."
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+
+
+def flawed_answer(record: dict[str, Any], flaw: str, rng: random.Random) -> str:
+    """A demonstration of the record's prompt that falls short in the given way (see DEMONSTRATION_FLAWS)."""
+    if record["kind"] == "explanation":
+        return rejected_explanation(_concept(record["concept"]), flaw, rng)
+    return rejected_task_answer(record, flaw, rng)
+
+
+def _concept(name: str) -> Concept:
+    return next(c for c in GLOSSARY if c.name == name)
 
 
 def _explanation_pool(templates: tuple[str, ...]) -> list[tuple[Concept, str]]:
@@ -138,12 +164,29 @@ def _records(n: int, seed: int, salt: str, explanation_fraction: float, train: b
     return records
 
 
-def sft_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
-    """Instruction/answer pairs: {"prompt", "completion", "kind", "task", "concept"}."""
-    return [
-        {"prompt": r["prompt"], "completion": r["answer"], "kind": r["kind"], "task": r["task"], "concept": r["concept"]}
-        for r in _records(n, seed, "sft", explanation_fraction, train=True)
-    ]
+def sft_records(
+    n: int, seed: int, explanation_fraction: float = 0.5, flawed_fraction: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Instruction/answer pairs: {"prompt", "completion", "kind", "task", "concept", "flaw"}.
+
+    A `flawed_fraction` of the demonstrations (exactly round(n * flawed_fraction), spread over both
+    kinds at random) fall short in one of DEMONSTRATION_FLAWS, cycling so each flaw is equally
+    common; `flaw` names it (None for a good demonstration).
+    """
+    if not 0 <= flawed_fraction <= 1:
+        raise ValueError(f"flawed_fraction must be in [0, 1], got {flawed_fraction}")
+    records = _records(n, seed, "sft", explanation_fraction, train=True)
+    rng = random.Random(f"sft-flaws:{seed}")
+    flawed = sorted(rng.sample(range(len(records)), round(len(records) * flawed_fraction)))
+    flaws = {index: DEMONSTRATION_FLAWS[k % len(DEMONSTRATION_FLAWS)] for k, index in enumerate(flawed)}
+    demonstrations = []
+    for i, r in enumerate(records):
+        flaw = flaws.get(i)
+        demonstrations.append({
+            "prompt": r["prompt"], "completion": flawed_answer(r, flaw, rng) if flaw else r["answer"],
+            "kind": r["kind"], "task": r["task"], "concept": r["concept"], "flaw": flaw,
+        })
+    return demonstrations
 
 
 def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
@@ -152,11 +195,7 @@ def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> 
     pairs = []
     for i, r in enumerate(_records(n, seed, "preference", explanation_fraction, train=True)):
         mode = FAILURE_MODES[i % len(FAILURE_MODES)]
-        if r["kind"] == "explanation":
-            concept = next(c for c in GLOSSARY if c.name == r["concept"])
-            rejected = rejected_explanation(concept, mode, rng)
-        else:
-            rejected = rejected_task_answer(r, mode, rng)
+        rejected = flawed_answer(r, mode, rng)
         pairs.append({
             "prompt": r["prompt"], "chosen": r["answer"], "rejected": rejected,
             "failure_mode": mode, "kind": r["kind"],
@@ -178,8 +217,16 @@ def prompt_records(n: int, seed: int, split: str, explanation_fraction: float = 
     ]
 
 
+TASKS_PER_DOCUMENT = 8
+
+
 def pretraining_text(n_documents: int, seed: int) -> list[str]:
-    """Plain prose (no chat format): the base model learns to continue text, not to follow instructions."""
+    """Plain prose (no chat format): the base model learns to continue text, not to follow instructions.
+
+    Besides explanations, each document holds worked tasks written as a question and its answer in
+    the training phrasings (never the evaluation ones), so the base model has read task-shaped
+    text, as a real base model has read worked examples on the web.
+    """
     rng = random.Random(f"pretrain:{seed}")
     documents = []
     for _ in range(n_documents):
@@ -187,8 +234,9 @@ def pretraining_text(n_documents: int, seed: int) -> list[str]:
         sentences = []
         for concept in concepts:
             sentences.append(good_explanation(concept))
-        task = make_task(rng.choice(TASK_TYPES), rng, 0)
-        sentences.append(task["answer"])
+        for _ in range(TASKS_PER_DOCUMENT):
+            task = make_task(rng.choice(TASK_TYPES), rng, rng.choice(TRAIN_PHRASINGS))
+            sentences.append(f"{task['prompt']} {task['answer']}")
         sentences.append(rng.choice(OFF_TOPIC_ANSWERS))
         rng.shuffle(sentences)
         documents.append(" ".join(sentences))

@@ -7,6 +7,7 @@ modes of rejected answers (vague, wrong, padded, repetitive, off-topic) are buil
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -290,3 +291,31 @@ WORDS = (
     "bottle", "kitten", "ladder", "parrot", "tomato", "marble", "hammer", "carrot", "silver",
     "orange", "purple", "forest", "island", "planet", "engine", "rabbit", "dinner", "sunset",
 )
+
+
+_CONTENT_WORD = re.compile(r"[a-z0-9]+")
+_COMMON_WORDS = frozenset(
+    "a an and are as at be by can for from in into is it its of on or that the this to was which with "
+    "what when where how why than then so such one two more most less each every other its their they "
+    "them it's not no do does did if while".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _CONTENT_WORD.findall(text.lower()) if w not in _COMMON_WORDS and len(w) > 2}
+
+
+def _concept_words(concept: Concept) -> set[str]:
+    return _content_words(" ".join((concept.name, concept.definition, concept.why, concept.example)))
+
+
+def closest_concept(text: str) -> Concept | None:
+    """The glossary concept whose entry shares the most content words with `text` (None: shares none).
+
+    An answer "about" a concept names it and says what its entry says; one about another concept, or
+    a mix of several, shares more words with another entry. Ties go to no concept.
+    """
+    words = _content_words(text)
+    overlaps = sorted(((len(words & _concept_words(c)), i) for i, c in enumerate(GLOSSARY)), reverse=True)
+    (best, index), (second, _) = overlaps[0], overlaps[1]
+    return GLOSSARY[index] if best > second else None

@@ -239,6 +239,20 @@ class ReferencePolicy:
             yield self.policy
 
 
+class PolicySnapshot:
+    """A copy of the policy's weights (on the CPU) after a given number of PPO steps, to go back to."""
+
+    def __init__(self, state: dict[str, torch.Tensor], step: int):
+        self.state, self.step = state, step
+
+    @classmethod
+    def of(cls, policy: torch.nn.Module, step: int) -> "PolicySnapshot":
+        return cls({k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}, step)
+
+    def restore(self, policy: torch.nn.Module) -> None:
+        policy.load_state_dict(self.state)
+
+
 # --- data -------------------------------------------------------------------------------------
 
 
@@ -393,6 +407,8 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         start_step, history = state["step"], state["history"]
         logger.info(f"PPO resumes from {resume_from} at step {start_step}/{n_steps}")
 
+    inside_bound: PolicySnapshot | None = None  # the newest policy whose rollout KL was inside kl_bound
+    stopped_at_kl_bound: dict[str, Any] | None = None
     started = time.perf_counter()
     for step in range(start_step, n_steps):
         step_started = time.perf_counter()
@@ -424,6 +440,16 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
 
         # 3. per-token reward: R_t = r_phi(x,y) * 1[t=T] - beta * KL_t
         kl = per_token_kl(old_logprobs, ref_logprobs, settings.kl_estimator) * mask
+        sequence_kl = kl.sum(1).mean().item()
+        # KL-bound stop: this rollout measured the policy the previous update made. Past the bound,
+        # training stops and keeps the last policy measured inside it.
+        if sequence_kl > settings.kl_bound and inside_bound is not None:
+            stopped_at_kl_bound = {"step": step + 1, "kl": sequence_kl, "kept_policy_of_step": inside_bound.step}
+            inside_bound.restore(accelerator.unwrap_model(policy))
+            logger.warning(f"PPO stops at step {step + 1}/{n_steps}: rollout KL {sequence_kl:.2f} > kl_bound "
+                           f"{settings.kl_bound}; keeping the policy of step {inside_bound.step}")
+            break
+        inside_bound = PolicySnapshot.of(accelerator.unwrap_model(policy), step)
         rewards = per_token_rewards(penalised_scores, kl, beta, rollout.last_index, mask)
         if settings.normalize_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
@@ -473,7 +499,6 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
                 stats["clip_fraction"].append(clip_fraction.item())
                 stats["approx_kl"].append(approx_kl.item())
 
-        sequence_kl = kl.sum(1).mean().item()
         kl_controller.update(sequence_kl, settings.batch_size)
         record = {
             "step": step + 1,
@@ -516,10 +541,15 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
 
     policy = accelerator.unwrap_model(policy)
     value_model = accelerator.unwrap_model(value_model)
-    evaluation = evaluate_against_reference(
-        policy, reference_policy, reward_model, tokenizer, eval_prompts or train_prompts[: settings.n_eval_prompts or 8],
-        settings, device,
-    )
+    held_out = eval_prompts or train_prompts[: settings.n_eval_prompts or 8]
+    evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device)
+    if evaluation["kl_to_sft"] > settings.kl_bound and inside_bound is not None and stopped_at_kl_bound is None:
+        # The last update crossed the bound: no rollout measured it, the held-out evaluation did.
+        stopped_at_kl_bound = {"step": n_steps + 1, "kl": evaluation["kl_to_sft"], "kept_policy_of_step": inside_bound.step}
+        logger.warning(f"PPO's final policy has KL {evaluation['kl_to_sft']:.2f} > kl_bound {settings.kl_bound} on "
+                       f"held-out prompts; keeping the policy of step {inside_bound.step}")
+        inside_bound.restore(policy)
+        evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device)
     output_dir = Path(output_dir)
     save_models(policy, value_model, tokenizer, output_dir, settings.use_lora)
     with open(output_dir / METRICS_FILE, "w") as handle:
@@ -529,14 +559,16 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     summary = {
         **evaluation,
         "kl_bound": settings.kl_bound,
-        "n_steps": n_steps,
-        "episodes": n_steps * settings.batch_size,
+        "n_steps": len(history),
+        "n_steps_planned": n_steps,
+        "episodes": len(history) * settings.batch_size,
         "resumed_from_step": start_step,
         "train_seconds": train_seconds,
-        "episodes_per_second": (n_steps - start_step) * settings.batch_size / train_seconds if train_seconds > 0 else None,
+        "episodes_per_second": (len(history) - start_step) * settings.batch_size / train_seconds if train_seconds > 0 else None,
         "n_train_prompts": len(train_prompts),
         "n_eval_prompts": len(eval_prompts),
         "final_beta": kl_controller.value,
+        "stopped_at_kl_bound": stopped_at_kl_bound,
         "settings": settings.model_dump(),
     }
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
