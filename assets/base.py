@@ -8,11 +8,11 @@ import dagster as dg
 from pydantic import Field
 
 from pipeline.settings import PretrainSettings, TinyModelSpec
-from pipeline.execution import gpu_op_tags
-from pipeline.markdown import markdown_table
-from pipeline.model_card import write_model_card
-from pipeline.incremental import reuse_if_unchanged
-from pipeline.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 
 MODEL_NAME_FILE = "model_name.txt"
 PROBE_FILE = "generation_probe.jsonl"
@@ -39,8 +39,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
     """The base checkpoint (HF `save_pretrained` directory with its tokenizer)."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.base_model import build_default_base_model, load_pretrained, resolved_revision
-    from pipeline.device import select_device
+    from pipeline.training.base_model import build_default_base_model, load_pretrained, resolved_revision
+    from pipeline.training.device import select_device
 
     metadata: dict = {}
     if config.model_name_or_path:
@@ -88,9 +88,9 @@ def base_probe(
     """The base model's answers to a fixed probe prompt set (held-out phrasings)."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.data_generator import PROBE_PROMPTS
-    from pipeline.device import select_device
-    from pipeline.generation import generate, load_causal_lm
+    from pipeline.data.generator import PROBE_PROMPTS
+    from pipeline.training.device import select_device
+    from pipeline.training.generation import generate, load_causal_lm
 
     model, tokenizer = load_causal_lm(base_model, select_device(config.device))
     generations = generate(model, tokenizer, PROBE_PROMPTS, max_new_tokens=config.max_new_tokens)

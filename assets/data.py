@@ -1,7 +1,7 @@
 """Data assets: SFT pairs, preference pairs, PPO prompts and held-out evaluation prompts.
 
 Each comes from the seeded generator by default, or from a user source (`source`: JSONL, Parquet or CSV
-file, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`: see pipeline/data_sources.py.
+file, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`: see pipeline/data/sources.py.
 """
 
 
@@ -13,12 +13,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from pipeline import data_generator
-from pipeline.data_io import read_jsonl, write_jsonl
-from pipeline.data_sources import SourceSettings, load_source
-from pipeline.markdown import markdown_table
-from pipeline.incremental import reuse_if_unchanged
-from pipeline.resources import ArtifactStoreResource, artifact_output
+from pipeline.data import generator as data_generator
+from pipeline.data.records import read_jsonl, write_jsonl
+from pipeline.data.sources import SourceSettings, load_source
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 
 DATA_FILE = "data.jsonl"
 STATS_FILE = "stats.json"

@@ -8,9 +8,9 @@ import dagster as dg
 
 from assets.data import load_data
 from pipeline.settings import EvaluationSettings
-from pipeline.incremental import reuse_if_unchanged
-from pipeline.execution import gpu_op_tags
-from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
 
 
 class EvaluationReportConfig(dg.Config, EvaluationSettings):
@@ -19,7 +19,7 @@ class EvaluationReportConfig(dg.Config, EvaluationSettings):
 
 def recent_reports(instance: dg.DagsterInstance, asset_key: dg.AssetKey, limit: int) -> list[Path]:
     """eval.json of the latest `limit` materializations of the report, newest first (missing files skipped)."""
-    from pipeline.report import EVAL_JSON
+    from pipeline.evaluation.report import EVAL_JSON
 
     records = instance.fetch_materializations(asset_key, limit=limit).records
     paths = []
@@ -46,10 +46,10 @@ def evaluation_report(
     judges with 95% intervals, KL of PPO to SFT, and reward-hacking spot checks."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.evaluation import evaluate
-    from pipeline.judges import build_judge
-    from pipeline.ppo import METRICS_FILE as PPO_METRICS_FILE
-    from pipeline.report import (
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.evaluation.judges import build_judge
+    from pipeline.ppo.algorithm import METRICS_FILE as PPO_METRICS_FILE
+    from pipeline.evaluation.report import (
         EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG,
         compare_with_previous, read_training_metrics, write_report,
     )
@@ -109,7 +109,7 @@ def evaluation_report(
     description="WARN when a metric of the latest report is worse than the previous report's beyond the 95% intervals",
 )
 def no_regression_vs_previous_report(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from pipeline.report import compare_with_previous
+    from pipeline.evaluation.report import compare_with_previous
 
     reports = recent_reports(context.instance, evaluation_report.key, limit=2)
     if len(reports) < 2:

@@ -6,12 +6,12 @@ from pathlib import Path
 import dagster as dg
 
 from assets.data import load_data
-from pipeline.execution import gpu_op_tags
-from pipeline.markdown import markdown_table
-from pipeline.model_card import write_model_card
+from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.model_card import write_model_card
 from pipeline.settings import PpoSettings
-from pipeline.incremental import reuse_if_unchanged
-from pipeline.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
 
 PPO_CODE_VERSION = "1"
@@ -33,8 +33,8 @@ def ppo_policy(
     """PPO policy (HF directory) + `value_model/`, `ppo_train_metrics.jsonl`, `ppo_summary.json`, `training_curves.png`."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.ppo import CURVES_FILE, train_ppo
-    from pipeline.training_checkpoints import checkpoint_key, training_scratch
+    from pipeline.ppo.algorithm import CURVES_FILE, train_ppo
+    from pipeline.storage.checkpoints import checkpoint_key, training_scratch
 
     refuse_if_input_gates_failed(context)
     prompts = [record["prompt"] for record in load_data(ppo_prompts)]

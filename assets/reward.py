@@ -7,11 +7,11 @@ from pathlib import Path
 import dagster as dg
 
 from assets.data import load_data
-from pipeline.execution import gpu_op_tags
-from pipeline.markdown import markdown_table
-from pipeline.model_card import write_model_card
-from pipeline.incremental import reuse_if_unchanged
-from pipeline.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.settings import RewardSettings
 
@@ -33,7 +33,7 @@ def reward_model(
     """Scalar-head reward model with `rm_eval.json`: held-out accuracy, margin, calibration, dropped pairs."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.reward_model import train_reward_model
+    from pipeline.training.reward_model import train_reward_model
 
     refuse_if_input_gates_failed(context)
     pairs = load_data(preference_data)

@@ -7,12 +7,12 @@ from pathlib import Path
 import dagster as dg
 
 from assets.data import load_data
-from pipeline.execution import gpu_op_tags
-from pipeline.markdown import markdown_table
-from pipeline.multi_gpu import PIPES_CLIENT_KEY, LaunchSettings
-from pipeline.model_card import write_model_card
-from pipeline.incremental import reuse_if_unchanged
-from pipeline.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.launchers import PIPES_CLIENT_KEY, LaunchSettings
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.settings import SftSettings
 
@@ -36,8 +36,8 @@ def sft_checkpoint(
     """SFT policy (HF directory) with `sft_eval.json`: train and held-out loss, format adherence, samples."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused
-    from pipeline.sft import train_sft
-    from pipeline.training_checkpoints import checkpoint_key, training_scratch
+    from pipeline.training.sft import train_sft
+    from pipeline.storage.checkpoints import checkpoint_key, training_scratch
 
     refuse_if_input_gates_failed(context)
     records = load_data(sft_data)
@@ -49,7 +49,7 @@ def sft_checkpoint(
         if checkpoints.resume_from is not None:
             context.log.info(f"resuming SFT from {checkpoints.resume_from} (a previous run was interrupted)")
         if config.launcher == "accelerate":  # N GPUs (DDP / DeepSpeed / FSDP) through Dagster Pipes
-            from pipeline.multi_gpu import run_under_accelerate
+            from pipeline.orchestration.launchers import run_under_accelerate
 
             metrics = run_under_accelerate(
                 context, pipes_subprocess_client, "sft_checkpoint", {"base_model": base_model, "checkpoints": checkpoints},

@@ -26,8 +26,8 @@ def latest(root: Path, asset: str) -> Path | None:
 def random_default_models(out: Path) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
-    from pipeline.data_generator import pretraining_text
+    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.data.generator import pretraining_text
 
     spec = TinyModelSpec()
     tokenizer = train_tokenizer(pretraining_text(300, 0), spec.vocab_size)
@@ -50,11 +50,11 @@ def main() -> None:
     parser.add_argument("--cpu-threads", type=int, default=1, help="EvaluationSettings.cpu_threads (0: torch's default)")
     args = parser.parse_args()
 
-    from pipeline.data_generator import prompt_records
-    from pipeline.data_io import read_jsonl
-    from pipeline.evaluation import EvaluationSettings, evaluate
-    from pipeline.judges import HeuristicJudge
-    from pipeline.report import read_training_metrics, write_report
+    from pipeline.data.generator import prompt_records
+    from pipeline.data.records import read_jsonl
+    from pipeline.evaluation.evaluate import EvaluationSettings, evaluate
+    from pipeline.evaluation.judges import HeuristicJudge
+    from pipeline.evaluation.report import read_training_metrics, write_report
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:
         scratch = Path(scratch)

@@ -11,7 +11,7 @@ its own peak GPU memory (`torch.cuda.max_memory_allocated`, reset before each st
 - PPO step split: from `ppo_policy`'s `ppo_train_metrics.jsonl` (per step: generation = sampling
   the responses; scoring = the rest of the rollout: old/reference log-probs, reward, values;
   training = the PPO epochs), as mean seconds per step and shares of the step.
-- Generated tokens/s: the PPO sampler (`pipeline.ppo_rollout.sample_responses`) on the newest
+- Generated tokens/s: the PPO sampler (`pipeline.ppo.rollout.sample_responses`) on the newest
   policy (PPO, else SFT, else base) at the profile's PPO batch size and response length, on
   `eval_prompts`, after one warm-up batch; counts response tokens up to and including EOS.
 
@@ -35,9 +35,6 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this directory comes first on sys.path, and benchmarks/pipeline.py would shadow
-# the `pipeline` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 GPU_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "gpu.yaml"
 TINY_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -142,8 +139,8 @@ def generation_throughput(policy_dir: Path, prompts: list[str], batch_size: int,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.device import select_device
-    from pipeline.ppo_rollout import encode_prompts, sample_responses
+    from pipeline.training.device import select_device
+    from pipeline.ppo.rollout import encode_prompts, sample_responses
 
     choice = select_device("auto")
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -204,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from pipeline import definitions
-    from pipeline.resources import ArtifactStoreResource
+    from pipeline.orchestration.resources import ArtifactStoreResource
 
     # The same assets, checks and job, writing under this run's own artifacts root.
     defs = dg.Definitions(

@@ -36,17 +36,13 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 TORCH_WHEEL_GLOB = "/opt/wheels/torch-2.13.0+cpu-*.whl"
 TRL_REQUIREMENTS = ["trl==1.12.0", "transformers==5.23.0", "accelerate==1.15.0"]
 TRL_ADAM_EPSILON = 1e-8  # transformers.TrainingArguments.adam_epsilon, which TRL's PPOTrainer uses
-# Run as a script, this file's folder comes first on sys.path, where `benchmarks/pipeline.py` would
-# shadow the `pipeline` package: look in the repository root instead.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO_ROOT)
 
 
 # --- workers (run in a child process; the TRL one under the TRL venv's python) ----------------
 
 
 def run_ours(job: dict) -> dict:
-    from pipeline.ppo import PpoSettings, train_ppo
+    from pipeline.ppo.algorithm import PpoSettings, train_ppo
 
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
@@ -162,7 +158,7 @@ def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.ppo_rollout import encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
+    from pipeline.ppo.rollout import encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).eval()
@@ -231,8 +227,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.base_model import render_prompt
-    from pipeline.data_io import read_jsonl
+    from pipeline.training.base_model import render_prompt
+    from pipeline.data.records import read_jsonl
 
     trl_python = ensure_trl_venv()
     sft = args.sft_checkpoint or latest_artifact(args.artifacts_root, "sft_checkpoint")

@@ -42,7 +42,7 @@ def _print_json(value: Any) -> None:
 
 
 def run_lineage(args: argparse.Namespace) -> int:
-    from pipeline.lineage import render_tree, upstream_tree
+    from pipeline.orchestration.lineage import render_tree, upstream_tree
 
     with open_instance() as instance:
         tree = upstream_tree(instance, args.asset, args.run)
@@ -63,7 +63,7 @@ def _walk(node):
 
 
 def run_leaks(args: argparse.Namespace) -> int:
-    from pipeline.lineage import check_evaluations, upstream_tree
+    from pipeline.orchestration.lineage import check_evaluations, upstream_tree
 
     with open_instance() as instance:
         tree = upstream_tree(instance, args.asset, args.run) if args.asset else None
@@ -88,7 +88,7 @@ def run_leaks(args: argparse.Namespace) -> int:
 
 
 def run_length_drift(args: argparse.Namespace) -> int:
-    from pipeline.lineage import PPO_METRICS_FILE, artifact_of, length_drift
+    from pipeline.orchestration.lineage import PPO_METRICS_FILE, artifact_of, length_drift
 
     if args.metrics:
         metrics_path = Path(args.metrics)
@@ -112,8 +112,8 @@ def run_length_drift(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    from pipeline.dvc_tracking import restore_version
-    from pipeline.lineage import materialization_record, metadata_value
+    from pipeline.storage.dvc import restore_version
+    from pipeline.orchestration.lineage import materialization_record, metadata_value
 
     failed = 0
     with open_instance() as instance:
@@ -153,7 +153,7 @@ def run_materialize(args: argparse.Namespace) -> int:
 def run_dvc_yaml(args: argparse.Namespace) -> int:
     import yaml
 
-    from pipeline.dvc_tracking import dvc_yaml_for_graph
+    from pipeline.storage.dvc import dvc_yaml_for_graph
 
     document = dvc_yaml_for_graph(asset_graph_of_definitions(), args.artifacts_dir)
     text = yaml.safe_dump(document, sort_keys=False)
@@ -234,7 +234,7 @@ def run_status(args: argparse.Namespace) -> int:
     import yaml
 
     from pipeline.definitions import defs
-    from pipeline.incremental import render_status, stale_assets
+    from pipeline.orchestration.incremental import render_status, stale_assets
 
     run_config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     job = defs.resolve_job_def(args.job)
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.lineage import LineageError
+    from pipeline.orchestration.lineage import LineageError
 
     args = build_parser().parse_args(argv)
     try:

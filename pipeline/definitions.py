@@ -10,8 +10,8 @@ import os
 import dagster as dg
 
 from assets import base, data, evaluation, ppo, reward, sft
-from pipeline.execution import pipeline_executor
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.execution import pipeline_executor
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import quality_gate_checks
 
 all_assets = dg.load_assets_from_modules([base, data, sft, reward, ppo, evaluation])
@@ -24,7 +24,7 @@ rlhf_pipeline = dg.define_asset_job(
     description="base model -> SFT -> reward model -> PPO -> evaluation report, with quality gates",
     # Steps run in one process unless the run config says `execution: {config: {multiprocess: {}}}`:
     # a step process spends seconds importing torch/transformers, which dominates a re-run whose
-    # stages are reused (benchmarks/pipeline.py, README "Performance"). Not for k8s: a pod per step.
+    # stages are reused (benchmarks/bench_pipeline.py, README "Performance"). Not for k8s: a pod per step.
     config={"execution": {"config": {"in_process": {}}}} if executor is dg.multi_or_in_process_executor else None,
 )
 

@@ -4,7 +4,7 @@ The assets' typed configs extend these (`class PpoConfig(dg.Config, PpoSettings)
 location imports them when it loads; keeping them free of heavy imports makes every `dagster` and
 `rlhf` command, the web UI's code server and each multiprocess step start without importing torch,
 which only the stages that train or generate load. Each stage module re-exports its settings
-(`from pipeline.ppo import PpoSettings` works).
+(`from pipeline.ppo.algorithm import PpoSettings` works).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.conversations import AssistantTurns
+from pipeline.data.conversations import AssistantTurns
 
 
 # --- base_model -------------------------------------------------------------------------

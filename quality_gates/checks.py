@@ -23,9 +23,9 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.data_io import read_jsonl
-from pipeline.markdown import markdown_table
-from pipeline.resources import ArtifactStoreResource
+from pipeline.data.records import read_jsonl
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.resources import ArtifactStoreResource
 from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
 from quality_gates.leak import LeakSettings, find_eval_leaks
 from quality_gates.length_bias import (

@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 from dagster import AssetCheckSeverity
 
-from pipeline.markdown import markdown_table
+from pipeline.evaluation.markdown import markdown_table
 from quality_gates.checks import all_gate_check_keys
 from quality_gates.reuse import latest_completed_evaluation
 

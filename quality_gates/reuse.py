@@ -1,7 +1,7 @@
 """A gate re-run on unchanged inputs re-emits its last verdict instead of evaluating again.
 
 A gate is a function of the artifacts it reads, its check config and the gate code. An incremental
-re-run reuses every unchanged artifact (`pipeline.incremental`), and without this it would spend
+re-run reuses every unchanged artifact (`pipeline.orchestration.incremental`), and without this it would spend
 most of its time re-validating data that did not change (the Great Expectations suites alone take
 seconds). So each evaluation records a fingerprint of
 
@@ -34,8 +34,8 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecord,
 )
 
-from pipeline.incremental import REUSED_FROM_RUN_KEY, recompute_requested
-from pipeline.lineage import metadata_value
+from pipeline.orchestration.incremental import REUSED_FROM_RUN_KEY, recompute_requested
+from pipeline.orchestration.lineage import metadata_value
 
 FINGERPRINT_KEY = "gate_fingerprint"
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
-from pipeline.data_io import DataError
+from pipeline.data.records import DataError
 
 # Generous upper bounds: long multi-turn prompts (HH-RLHF) fit; a whole document pasted into one
 # field by mistake does not. Longer text would be truncated by every trainer anyway.

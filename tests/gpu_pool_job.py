@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-GPU_POOL = "gpu"  # pipeline.execution.GPU_POOL; not imported, to keep step processes light
+GPU_POOL = "gpu"  # pipeline.orchestration.execution.GPU_POOL; not imported, to keep step processes light
 
 
 def _record_interval(context, name: str) -> None:

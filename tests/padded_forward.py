@@ -2,7 +2,7 @@
 
 import torch
 
-from pipeline.logprobs import position_ids_for
+from pipeline.training.logprobs import position_ids_for
 
 
 def response_logprobs(

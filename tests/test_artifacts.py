@@ -1,7 +1,7 @@
 """Versioned artifact directories: content-addressed names, and the hash computed once per commit."""
 
-from pipeline import artifacts
-from pipeline.artifacts import ArtifactStore, committed_content_hash, content_hash
+from pipeline.storage import artifacts
+from pipeline.storage.artifacts import ArtifactStore, committed_content_hash, content_hash
 
 
 def test_a_committed_artifact_is_named_by_its_hash_and_not_hashed_twice(tmp_path, monkeypatch):

@@ -17,9 +17,9 @@ import pydantic
 import pytest
 
 from assets.data import preference_data, sft_data
-from pipeline.data_io import MAX_LINE_BYTES, DataError, load_user_records
+from pipeline.data.records import MAX_LINE_BYTES, DataError, load_user_records
 from pipeline.definitions import defs
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 
 def _jsonl(*records) -> bytes:
@@ -171,7 +171,7 @@ def test_unknown_config_key_is_rejected_before_anything_runs(pipeline_state):
 
 
 def test_library_settings_reject_unknown_keys_and_non_positive_values():
-    from pipeline.sft import SftSettings
+    from pipeline.training.sft import SftSettings
 
     with pytest.raises(pydantic.ValidationError, match="learning_rat\n  Extra inputs are not permitted"):
         SftSettings(learning_rat=1e-3)

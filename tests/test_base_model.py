@@ -1,11 +1,11 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.base_model import (
+from pipeline.training.base_model import (
     PretrainSettings, TinyModelSpec, build_default_base_model, build_tiny_llama, render_prompt, train_tokenizer,
 )
-from pipeline.data_generator import pretraining_text
-from pipeline.generation import generate
+from pipeline.data.generator import pretraining_text
+from pipeline.training.generation import generate
 
 SPEC = TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

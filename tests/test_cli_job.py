@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline import data_generator
-from pipeline.data_io import write_jsonl
+from pipeline.data import generator as data_generator
+from pipeline.data.records import write_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml"

@@ -22,8 +22,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline.artifacts import STAGING_PREFIX
-from pipeline.training_checkpoints import CHECKPOINTS_DIR
+from pipeline.storage.artifacts import STAGING_PREFIX
+from pipeline.storage.checkpoints import CHECKPOINTS_DIR
 from test_crash_safety import (
     REPO_ROOT, TINY_BASE, assert_every_materialization_points_to_its_complete_artifact, job_environment,
     materializations, start_job,
@@ -120,7 +120,7 @@ def test_two_concurrent_job_runs_keep_artifacts_instance_and_dvc_consistent(tmp_
 
 
 def test_sweep_removes_abandoned_staging_but_never_a_live_one(tmp_path):
-    from pipeline.artifacts import ArtifactStore, sweep_abandoned_staging
+    from pipeline.storage.artifacts import ArtifactStore, sweep_abandoned_staging
 
     store = ArtifactStore(tmp_path / "artifacts")
     parent = store.asset_dir("sft_data")
@@ -138,8 +138,8 @@ def test_sweep_removes_abandoned_staging_but_never_a_live_one(tmp_path):
 
 
 def test_two_trainings_with_one_key_do_not_share_checkpoints(tmp_path):
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.training_checkpoints import training_scratch
+    from pipeline.storage.artifacts import ArtifactStore
+    from pipeline.storage.checkpoints import training_scratch
 
     store = ArtifactStore(tmp_path / "artifacts")
     with training_scratch(store, "sft_checkpoint", "key1") as first:
@@ -153,8 +153,8 @@ def test_two_trainings_with_one_key_do_not_share_checkpoints(tmp_path):
 
 
 def test_a_failed_training_keeps_its_checkpoints_for_the_next_run(tmp_path):
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.training_checkpoints import training_scratch
+    from pipeline.storage.artifacts import ArtifactStore
+    from pipeline.storage.checkpoints import training_scratch
 
     store = ArtifactStore(tmp_path / "artifacts")
     with pytest.raises(RuntimeError):

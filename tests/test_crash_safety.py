@@ -20,8 +20,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline.artifacts import STAGING_PREFIX, content_hash
-from pipeline.training_checkpoints import CHECKPOINTS_DIR, complete_checkpoints
+from pipeline.storage.artifacts import STAGING_PREFIX, content_hash
+from pipeline.storage.checkpoints import CHECKPOINTS_DIR, complete_checkpoints
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KILL_TIMEOUT_S = 420
@@ -169,7 +169,7 @@ def test_sigkill_during_sft_and_during_ppo_then_each_rerun_resumes(tmp_path):
     sft_eval = json.loads((sft["path"] / "sft_eval.json").read_text())
     assert sft_eval["resumed_from_step"] == sft_resumed
     assert sft_eval["loss_curve"][0]["step"] <= 5, "the loss curve keeps the steps trained before the kill"
-    # The earlier artifacts are untouched, and run 2 read the same content (reused: pipeline.incremental),
+    # The earlier artifacts are untouched, and run 2 read the same content (reused: pipeline.orchestration.incremental),
     # which is why SFT found its checkpoints under the same key.
     for asset, records in before_sft.items():
         assert materializations(home, asset)[0] == records[0]

@@ -1,8 +1,8 @@
 import hashlib
 import json
 
-from pipeline import data_generator as gen
-from pipeline.verifiable_tasks import TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
+from pipeline.data import generator as gen
+from pipeline.data.tasks import TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
 
 
 def _digest(records) -> str:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data_io import DataError
-from pipeline.data_sources import SourceSettings, load_source
+from pipeline.data.records import DataError
+from pipeline.data.sources import SourceSettings, load_source
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HH = str(FIXTURES / "hh_rlhf.jsonl")

@@ -7,10 +7,10 @@ from pathlib import Path
 import dagster as dg
 import transformers
 
-from pipeline.base_model import (
+from pipeline.training.base_model import (
     ASSISTANT, CHAT_TEMPLATE, EOS, TinyModelSpec, build_tiny_llama, load_pretrained, train_tokenizer,
 )
-from pipeline.data_generator import pretraining_text
+from pipeline.data.generator import pretraining_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEC = TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -55,7 +55,7 @@ def test_load_pretrained_completes_a_bare_tokenizer_and_never_shrinks_embeddings
 def test_conversational_sft_trains_on_every_assistant_turn_and_nothing_else(tmp_path):
     from trl import SFTTrainer
 
-    from pipeline.sft import SftSettings, sft_config, to_prompt_completion
+    from pipeline.training.sft import SftSettings, sft_config, to_prompt_completion
 
     tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=SPEC.vocab_size)
     model = build_tiny_llama(tokenizer, SPEC, seed=0)
@@ -90,8 +90,8 @@ def test_graph_runs_on_fixtures_with_a_local_base_model(tmp_path, tiny_run_confi
     from assets.data import eval_prompts, load_data, ppo_prompts, preference_data, sft_data
     from assets.reward import reward_model
     from assets.sft import sft_checkpoint
-    from pipeline.data_sources import SourceSettings, load_source
-    from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+    from pipeline.data.sources import SourceSettings, load_source
+    from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
     model_dir = save_tiny_model(tmp_path / "local-model")
     ops = tiny_run_config["ops"]

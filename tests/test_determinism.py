@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from assets.data import DATA_FILE, eval_prompts, ppo_prompts, preference_data, sft_data
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 DATA_ASSETS = [sft_data, preference_data, ppo_prompts, eval_prompts]
 
@@ -43,7 +43,7 @@ def test_same_seed_gives_byte_identical_data_artifacts(tmp_path):
 
 
 def test_a_different_seed_gives_different_data():
-    from pipeline import data_generator
+    from pipeline.data import generator as data_generator
 
     assert data_generator.sft_records(24, 7) == data_generator.sft_records(24, 7)
     assert data_generator.sft_records(24, 7) != data_generator.sft_records(24, 8)

@@ -8,10 +8,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline.artifacts import content_hash
-from pipeline.dvc_tracking import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, restore_version, tracking_for
-from pipeline.lineage import upstream_tree
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
+from pipeline.storage.artifacts import content_hash
+from pipeline.storage.dvc import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, restore_version, tracking_for
+from pipeline.orchestration.lineage import upstream_tree
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
 from test_lineage import materialize_toy, toy_data, toy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_parallel_writers_are_serialised(tmp_path):
 def test_repository_dvc_yaml_matches_the_asset_graph():
     """dvc.yaml has one stage per asset with the asset's inputs as deps (regenerate: `rlhf dvc-yaml --write dvc.yaml`)."""
     from pipeline.cli import asset_graph_of_definitions
-    from pipeline.dvc_tracking import stage_spec
+    from pipeline.storage.dvc import stage_spec
 
     committed = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     graph = asset_graph_of_definitions()
@@ -164,7 +164,7 @@ def test_repository_dvc_yaml_matches_the_asset_graph():
 
 @dg.asset(code_version="1")
 def toy_reused(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource) -> dg.Output:
-    from pipeline.incremental import reuse_if_unchanged
+    from pipeline.orchestration.incremental import reuse_if_unchanged
 
     if (reused := reuse_if_unchanged(context)) is not None:
         return reused

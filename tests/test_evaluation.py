@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.evaluation import (
+from pipeline.evaluation.evaluate import (
     MODELS,
     Answer,
     EvaluationSettings,
@@ -17,7 +17,7 @@ from pipeline.evaluation import (
     summarise,
     win_rate,
 )
-from pipeline.judges import (
+from pipeline.evaluation.judges import (
     JUDGE_TEMPLATE,
     CompletionJudge,
     HeuristicJudge,
@@ -27,7 +27,7 @@ from pipeline.judges import (
     load_judge,
     parse_verdict,
 )
-from pipeline.report import (
+from pipeline.evaluation.report import (
     EVAL_JSON,
     LENGTH_HISTOGRAMS_PNG,
     REPORT_HTML,
@@ -139,7 +139,7 @@ def test_completion_judge_fills_the_template_and_parses_json_verdicts():
 
 def test_custom_judge_loads_from_an_import_path(tmp_path, monkeypatch):
     (tmp_path / "my_judges.py").write_text(
-        "from pipeline.judges import Verdict\n"
+        "from pipeline.evaluation.judges import Verdict\n"
         "def shorter_wins(prompt, response_a, response_b):\n"
         "    return Verdict('A' if len(response_a) < len(response_b) else 'B', 'shorter')\n"
         "not_a_judge = 3\n"
@@ -272,8 +272,8 @@ def _normalised(text):
 
 def test_no_eval_prompt_occurs_in_any_training_asset_on_the_default_data():
     from assets.data import EvalPromptsConfig, PpoPromptsConfig, PreferenceDataConfig, SftDataConfig
-    from pipeline.base_model import PretrainSettings
-    from pipeline.data_generator import preference_records, pretraining_text, prompt_records, sft_records
+    from pipeline.training.base_model import PretrainSettings
+    from pipeline.data.generator import preference_records, pretraining_text, prompt_records, sft_records
 
     eval_config = EvalPromptsConfig()
     eval_prompts = {_normalised(r["prompt"]) for r in prompt_records(eval_config.n_records, eval_config.seed, "eval")}

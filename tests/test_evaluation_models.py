@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 import torch
 
-from pipeline.data_generator import pretraining_text, prompt_records
-from pipeline.evaluation import EvaluationSettings, evaluate, kl_to_reference, sample_for_kl, sequence_logprob_sums
-from pipeline.judges import HeuristicJudge, judge_pairs
+from pipeline.data.generator import pretraining_text, prompt_records
+from pipeline.evaluation.evaluate import EvaluationSettings, evaluate, kl_to_reference, sample_for_kl, sequence_logprob_sums
+from pipeline.evaluation.judges import HeuristicJudge, judge_pairs
 
 FAST_SETTINGS = {"max_new_tokens": 6, "n_bootstrap": 200, "kl_samples_per_prompt": 2, "batch_size": 4, "device": "cpu"}
 
@@ -19,7 +19,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """base, sft, ppo (sft with perturbed weights) and a random scalar-head RM, sharing one tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
     tokenizer = train_tokenizer(pretraining_text(60, 0), vocab_size=512)
@@ -88,7 +88,7 @@ def test_evaluate_scores_checks_and_judges_every_answer(tiny_models):
 
 
 def test_a_local_causal_lm_can_judge(tiny_models):
-    from pipeline.judges import CompletionJudge, build_judge
+    from pipeline.evaluation.judges import CompletionJudge, build_judge
 
     judge = build_judge(judge_model=str(tiny_models["sft"]), max_new_tokens=4, device="cpu")
     assert isinstance(judge, CompletionJudge) and judge.name == "llm:sft"
@@ -113,8 +113,8 @@ class FixedPathsIOManager(dg.IOManager):
 def test_asset_writes_report_and_check_compares_with_previous(tiny_models, tmp_path, artifacts_root, dagster_instance):
     from assets.evaluation import evaluation_report, no_regression_vs_previous_report
     from assets.data import DATA_FILE
-    from pipeline.data_io import write_jsonl
-    from pipeline.resources import ArtifactStoreResource
+    from pipeline.data.records import write_jsonl
+    from pipeline.orchestration.resources import ArtifactStoreResource
 
     prompts_dir = tmp_path / "eval_prompts"
     prompts_dir.mkdir()

@@ -12,7 +12,7 @@ from dagster._core.execution.api import create_execution_plan
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_k8s_job_name, get_user_defined_k8s_config
 
 from pipeline.definitions import defs
-from pipeline.execution import (
+from pipeline.orchestration.execution import (
     GPU_POOL,
     GPU_SETTINGS_ENV,
     GpuNodeRequest,
@@ -139,7 +139,7 @@ def test_each_gpu_step_process_claims_its_own_gpu(tmp_path, monkeypatch):
 
     import torch
 
-    from pipeline import device
+    from pipeline.training import device
 
     monkeypatch.setattr(device, "_claimed_gpu", {})
     monkeypatch.setenv(device.GPU_LOCK_DIR_ENV, str(tmp_path))

@@ -10,8 +10,8 @@ from accelerate.commands.config.config_args import load_config_from_file
 from transformers import AutoModelForCausalLM
 
 from assets import base, data, sft
-from pipeline.multi_gpu import LaunchSettings, accelerate_config, check_launch, launch_command
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.launchers import LaunchSettings, accelerate_config, check_launch, launch_command
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 
 @pytest.mark.parametrize("distributed, distributed_type", [
@@ -31,7 +31,7 @@ def test_generated_accelerate_configs_load_in_accelerate(tmp_path, distributed, 
 
     command = launch_command(Path("spec.json"), settings, path, use_cpu=False)
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" not in command
-    assert command[-3:] == ["-m", "pipeline.multi_gpu_worker", "spec.json"]
+    assert command[-3:] == ["-m", "pipeline.orchestration.launch_worker", "spec.json"]
 
 
 def test_impossible_launches_are_refused_before_starting():

@@ -19,8 +19,8 @@ import yaml
 
 from pipeline import cli
 from pipeline.definitions import defs
-from pipeline.incremental import REUSED_FROM_RUN_KEY, RECOMPUTE_TAG, config_changes, recompute_requested, staleness
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.incremental import REUSED_FROM_RUN_KEY, RECOMPUTE_TAG, config_changes, recompute_requested, staleness
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 TINY_PROFILE = Path(__file__).resolve().parents[1] / "pipeline" / "profiles" / "tiny.yaml"
 PPO_CHANGE = {"ppo_epochs": 2}
@@ -182,8 +182,8 @@ def test_an_artifact_changed_on_disk_or_missing_is_stale(tmp_path):
     artifact = tmp_path / "artifact"
     artifact.mkdir()
     (artifact / "data.jsonl").write_text('{"prompt": "x"}\n')
-    from pipeline.artifacts import content_hash
-    from pipeline.provenance import config_hash
+    from pipeline.storage.artifacts import content_hash
+    from pipeline.orchestration.provenance import config_hash
 
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         key = dg.AssetKey("eval_prompts")

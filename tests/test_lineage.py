@@ -13,10 +13,10 @@ import dagster as dg
 import pytest
 
 from pipeline import cli
-from pipeline.lineage import LineageError, check_evaluations, length_drift, upstream_tree
-from pipeline.model_card import MODEL_CARD_FILE, write_model_card
-from pipeline.provenance import config_hash, git_state
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
+from pipeline.orchestration.lineage import LineageError, check_evaluations, length_drift, upstream_tree
+from pipeline.orchestration.model_card import MODEL_CARD_FILE, write_model_card
+from pipeline.orchestration.provenance import config_hash, git_state
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_lineage_names_the_input_each_materialization_read(dagster_home, artifac
     assert (Path(first.inputs[0].artifact_path) / "data.txt").read_text() == "first data"
     assert first.config_hash != latest.config_hash
     # Old artifacts are still there, unchanged.
-    from pipeline.artifacts import content_hash
+    from pipeline.storage.artifacts import content_hash
     for node in (first, first.inputs[0], latest, data):
         assert node.artifact_exists and content_hash(Path(node.artifact_path)) == node.content_hash
 

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.artifacts import content_hash
+from pipeline.storage.artifacts import content_hash
 from pipeline.cli import asset_graph_of_definitions
 from pipeline.definitions import defs
-from pipeline.dvc_tracking import DvcTracking, dvc_yaml_for_graph
-from pipeline.lineage import upstream_tree
-from pipeline.model_card import MODEL_CARD_FILE
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.storage.dvc import DvcTracking, dvc_yaml_for_graph
+from pipeline.orchestration.lineage import upstream_tree
+from pipeline.orchestration.model_card import MODEL_CARD_FILE
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 pytestmark = pytest.mark.slow
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
-from pipeline.data_generator import pretraining_text, prompt_records
-from pipeline.logprobs import position_ids_for
-from pipeline.packing import first_fit_decreasing, pack
-from pipeline.ppo import clipped_policy_loss, clipped_value_loss, entropy_from_log_softmax
-from pipeline.ppo_rollout import (
+from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+from pipeline.data.generator import pretraining_text, prompt_records
+from pipeline.training.logprobs import position_ids_for
+from pipeline.training.packing import first_fit_decreasing, pack
+from pipeline.ppo.algorithm import clipped_policy_loss, clipped_value_loss, entropy_from_log_softmax
+from pipeline.ppo.rollout import (
     encode_prompts,
     pack_rollout,
     response_log_softmax,

@@ -7,7 +7,7 @@ import dagster as dg
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.definitions import defs, rlhf_pipeline
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 
 def _materialization(instance, key: str):

@@ -7,17 +7,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-import pipeline.ppo as ppo
-from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
-from pipeline.data_generator import pretraining_text, prompt_records
-from pipeline.ppo import (
+import pipeline.ppo.algorithm as ppo
+from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+from pipeline.data.generator import pretraining_text, prompt_records
+from pipeline.ppo.algorithm import (
     PpoSettings,
     generalized_advantages,
     per_token_kl,
     per_token_rewards,
     train_ppo,
 )
-from pipeline.ppo_rollout import (
+from pipeline.ppo.rollout import (
     encode_prompts,
     reward_scores,
     response_mask_from_ids,
@@ -217,9 +217,9 @@ def test_settings_reject_a_batch_that_minibatches_do_not_divide(tiny_models, tmp
 def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_models, artifacts_root, dagster_instance):
     import dagster as dg
 
-    from pipeline.data_io import write_jsonl
+    from pipeline.data.records import write_jsonl
     from pipeline.definitions import defs
-    from pipeline.resources import ARTIFACT_PATH_KEY, ArtifactIOManager, ArtifactStoreResource
+    from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, ArtifactIOManager, ArtifactStoreResource
 
     sft_dir, rm_dir, prompts = tiny_models
     prompts_dir = artifacts_root / "ppo_prompts" / "given"

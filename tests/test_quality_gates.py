@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pipeline import data_generator
-from pipeline.data_io import DataError
+from pipeline.data import generator as data_generator
+from pipeline.data.records import DataError
 from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
 from quality_gates.leak import LeakSettings, find_eval_leaks
 from quality_gates.length_bias import LengthBiasSettings, length_bias_violations, measure_length_bias

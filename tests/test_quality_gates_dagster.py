@@ -7,10 +7,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline import data_generator
-from pipeline.data_io import write_jsonl
+from pipeline.data import generator as data_generator
+from pipeline.data.records import write_jsonl
 from pipeline.definitions import defs
-from pipeline.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import ppo_guard_check, quality_gate_checks, rm_margin_check
 from quality_gates.refusal import failed_input_gates
 

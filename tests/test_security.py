@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 import torch
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.safety import REDACTED, UnsafePathError, confined_path, redact_metadata, redact_secrets, redact_text
+from pipeline.storage.artifacts import ArtifactStore
+from pipeline.storage.safety import REDACTED, UnsafePathError, confined_path, redact_metadata, redact_secrets, redact_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("pipeline", "assets", "quality_gates")
@@ -56,8 +56,8 @@ def test_remote_code_never_enabled_by_a_literal():
 
 
 def _tiny_pickle_only_checkpoint(directory: Path) -> Path:
-    from pipeline.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
-    from pipeline.data_generator import pretraining_text
+    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.data.generator import pretraining_text
 
     tokenizer = train_tokenizer(pretraining_text(30, 0), vocab_size=400)
     model = build_tiny_llama(tokenizer, TinyModelSpec(vocab_size=400, hidden_size=16, num_layers=1, num_heads=2,
@@ -71,7 +71,7 @@ def _tiny_pickle_only_checkpoint(directory: Path) -> Path:
 
 
 def test_pickle_weights_are_refused_unless_allow_pickle(tmp_path):
-    from pipeline.base_model import load_pretrained
+    from pipeline.training.base_model import load_pretrained
 
     checkpoint = _tiny_pickle_only_checkpoint(tmp_path / "pickled")
     with pytest.raises(OSError, match=r"safetensors"):
@@ -106,7 +106,7 @@ def test_paths_through_symlinks_or_dotdot_are_refused(tmp_path):
 
 def test_a_prefixed_asset_key_cannot_write_outside_its_directory(tmp_path, dagster_instance):
     """Asset keys with a prefix render as `a/b`: not one directory name, so refused, and nothing written."""
-    from pipeline.resources import ArtifactStoreResource, artifact_output
+    from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 
     @dg.asset(key=dg.AssetKey(["team", "escaped"]), code_version="1")
     def prefixed(context, artifacts: ArtifactStoreResource):
@@ -151,7 +151,7 @@ def test_redaction_masks_env_secrets_tokens_and_url_credentials(monkeypatch):
 
 def test_materialization_metadata_is_redacted(tmp_path, dagster_instance, monkeypatch):
     """A secret that reaches an asset's config or metadata is masked before Dagster stores it."""
-    from pipeline.resources import ArtifactStoreResource, artifact_output
+    from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
 
     monkeypatch.setenv("HF_TOKEN", FAKE_HF_TOKEN)
 

@@ -2,9 +2,9 @@ import json
 
 import torch
 
-from pipeline.base_model import ASSISTANT, TinyModelSpec, build_tiny_llama, render_prompt, train_tokenizer
-from pipeline.data_generator import pretraining_text, sft_records
-from pipeline.sft import SftSettings, sft_config, split_held_out, to_prompt_completion
+from pipeline.training.base_model import ASSISTANT, TinyModelSpec, build_tiny_llama, render_prompt, train_tokenizer
+from pipeline.data.generator import pretraining_text, sft_records
+from pipeline.training.sft import SftSettings, sft_config, split_held_out, to_prompt_completion
 
 
 def test_loss_is_on_answer_tokens_only(tmp_path):

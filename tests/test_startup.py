@@ -7,9 +7,9 @@ HEAVY = ("torch", "transformers", "trl", "datasets", "accelerate", "pandas", "pa
 
 
 def test_loading_the_definitions_imports_no_training_or_dataframe_library():
-    # pipeline.report: the evaluation report's regression check runs on every run, reused or not.
+    # pipeline.evaluation.report: the evaluation report's regression check runs on every run, reused or not.
     probe = (
-        "import sys, pipeline.definitions, pipeline.report, quality_gates.reuse; "
+        "import sys, pipeline.definitions, pipeline.evaluation.report, quality_gates.reuse; "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -141,7 +141,7 @@ def build_default_base_model(
     on_progress: Callable[[int, float], None] | None = None,
 ):
     """Tokenizer + tiny Llama pretrained on generator prose. Returns (model, tokenizer, losses)."""
-    from pipeline.data_generator import pretraining_text
+    from pipeline.data.generator import pretraining_text
 
     random.seed(settings.seed)
     documents = pretraining_text(settings.pretrain_documents, settings.seed)

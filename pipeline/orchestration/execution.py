@@ -9,7 +9,7 @@ Three layers, each owned by an existing engine rather than by this project:
 - On Kubernetes (`RLHF_EXECUTOR=k8s`), `dagster-k8s`'s `k8s_job_executor` runs every step in its
   own pod. GPU assets carry a `dagster-k8s/config` op tag (`gpu_op_tags`) that requests
   `nvidia.com/gpu` and places the pod on A100/H100-class nodes; every other step requests no GPU.
-- Multi-GPU training inside one step is `accelerate launch` (see `pipeline.multi_gpu`).
+- Multi-GPU training inside one step is `accelerate launch` (see `pipeline.orchestration.launchers`).
 
 The GPU pod settings are read when the code location loads (op tags are part of the asset
 definition), from the JSON object in `$RLHF_K8S_GPU` (fields of `GpuNodeRequest`), e.g.

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from pipeline.base_model import render_prompt
-from pipeline.device import select_device
-from pipeline.logprobs import position_ids_for
-from pipeline.sft import split_held_out
+from pipeline.training.base_model import render_prompt
+from pipeline.training.device import select_device
+from pipeline.training.logprobs import position_ids_for
+from pipeline.training.sft import split_held_out
 from pipeline.settings import RewardSettings  # re-exported
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ and the latest materialization of the asset is reused, without recomputing, when
 | what | recorded on the previous materialization | compared with |
 |---|---|---|
 | code | `dagster/code_version` tag | the asset's explicit `code_version` now |
-| config | `config_hash` metadata (`pipeline.provenance.config_hash`) | the hash of this run's resolved op config |
+| config | `config_hash` metadata (`pipeline.orchestration.provenance.config_hash`) | the hash of this run's resolved op config |
 | inputs | `dagster/input_data_version/<asset>` tags | each upstream asset's latest data version (what this run reads) |
 | artifact | `artifact_path`, `content_hash` metadata | the directory still exists and hashes the same |
 
@@ -43,9 +43,9 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.artifacts import content_hash
-from pipeline.lineage import metadata_value
-from pipeline.provenance import (
+from pipeline.storage.artifacts import content_hash
+from pipeline.orchestration.lineage import metadata_value
+from pipeline.orchestration.provenance import (
     CONFIG_HASH_KEY,
     CONFIG_KEY,
     asset_code_version,
@@ -53,7 +53,7 @@ from pipeline.provenance import (
     dvc_record_metadata,
     upstream_keys,
 )
-from pipeline.resources import ARTIFACT_PATH_KEY, CONTENT_HASH_KEY
+from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, CONTENT_HASH_KEY
 
 REUSED_FROM_RUN_KEY = "reused_from_run"
 RECOMPUTE_TAG = "rlhf/recompute"

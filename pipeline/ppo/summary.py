@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.ppo_rollout import Rollout, encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
+from pipeline.ppo.rollout import Rollout, encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
 
 CURVE_PANELS = (
     ("rm_score", "RM score"),
@@ -80,7 +80,7 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
 
 def save_models(policy, value_model, tokenizer, output_dir: Path, merge_lora: bool) -> None:
     """The policy as a plain HF causal-LM dir at `output_dir` (LoRA merged in); the value model under `value_model/`."""
-    from pipeline.ppo import VALUE_MODEL_DIR
+    from pipeline.ppo.algorithm import VALUE_MODEL_DIR
 
     if merge_lora:
         policy = policy.merge_and_unload()

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.device import torch_cpu_threads
-from pipeline.generation import load_causal_lm
-from pipeline.judges import PairwiseJudge, judge_pairs
-from pipeline.verifiable_tasks import check_answer
-from pipeline.report import MODELS
+from pipeline.training.device import torch_cpu_threads
+from pipeline.training.generation import load_causal_lm
+from pipeline.evaluation.judges import PairwiseJudge, judge_pairs
+from pipeline.data.tasks import check_answer
+from pipeline.evaluation.report import MODELS
 from pipeline.settings import EvaluationSettings  # re-exported
 
 logger = logging.getLogger(__name__)
@@ -149,14 +149,14 @@ def checker_outcomes(x: Sequence[Answer], y: Sequence[Answer]) -> list[float]:
 class PolicySamples:
     """PPO's sampled responses for the KL estimate, with their summed log-probs under PPO."""
 
-    batches: list[Any]  # pipeline.ppo_rollout.Rollout per prompt batch
+    batches: list[Any]  # pipeline.ppo.rollout.Rollout per prompt batch
     policy_logprob_sums: list[torch.Tensor]
 
 
 @torch.inference_mode()
 def sample_for_kl(policy, tokenizer, prompts: Sequence[str], samples_per_prompt: int, max_new_tokens: int,
                   batch_size: int, seed: int) -> PolicySamples:
-    from pipeline.ppo_rollout import encode_prompts, sample_responses
+    from pipeline.ppo.rollout import encode_prompts, sample_responses
 
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -174,7 +174,7 @@ def sample_for_kl(policy, tokenizer, prompts: Sequence[str], samples_per_prompt:
 @torch.inference_mode()
 def sequence_logprob_sums(model, rollout) -> torch.Tensor:
     """log pi(y | x) of each sampled response: per-token log-probs summed over real response tokens."""
-    from pipeline.ppo_rollout import pack_rollout, response_logprobs_packed
+    from pipeline.ppo.rollout import pack_rollout, response_logprobs_packed
 
     packed = pack_rollout(rollout)
     return packed.to_padded(response_logprobs_packed(model, packed)).sum(1).cpu()
@@ -202,7 +202,7 @@ def _free_memory() -> None:
 
 
 def answer_prompts(model, tokenizer, prompts: Sequence[str], settings: EvaluationSettings, desc: str) -> list[Answer]:
-    from pipeline.generation import generate
+    from pipeline.training.generation import generate
 
     generations = generate(
         model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
@@ -234,8 +234,8 @@ def evaluate(
 def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.device import select_device
-    from pipeline.reward_model import score
+    from pipeline.training.device import select_device
+    from pipeline.training.reward_model import score
 
     missing = [name for name in MODELS if name not in model_dirs]
     if missing:

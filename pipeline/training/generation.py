@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.base_model import ROLE_MARKERS, render_prompt
+from pipeline.training.base_model import ROLE_MARKERS, render_prompt
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import random
 import re
 from typing import Any
 
-from pipeline.glossary import WORDS
+from pipeline.data.glossary import WORDS
 
 TASK_TYPES = ("add", "multiply", "sort", "count_words", "reverse_words", "repeat_words", "last_word")
 

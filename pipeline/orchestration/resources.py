@@ -14,9 +14,9 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.artifacts import ArtifactStore, committed_content_hash, directory_size
-from pipeline.provenance import provenance_metadata
-from pipeline.safety import redact_metadata
+from pipeline.storage.artifacts import ArtifactStore, committed_content_hash, directory_size
+from pipeline.orchestration.provenance import provenance_metadata
+from pipeline.storage.safety import redact_metadata
 
 ARTIFACT_PATH_KEY = "artifact_path"
 CONTENT_HASH_KEY = "content_hash"
@@ -61,7 +61,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 def artifact_output(path: Path, metadata: dict[str, Any]) -> dg.Output:
     """The asset's return value: the artifact path, with its hash as the data version.
 
-    Also records the lineage keys of `pipeline.provenance` (code version, git state, config hash,
+    Also records the lineage keys of `pipeline.orchestration.provenance` (code version, git state, config hash,
     DVC record) for the asset being materialized. Access tokens and other secrets (in the recorded
     config, say) are masked: metadata is shown in the web UI and kept in the instance for good.
     """

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.safety import check_asset_name, confined_path
+from pipeline.storage.safety import check_asset_name, confined_path
 
 STAGING_PREFIX = ".staging-"
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.data_io import DataError
+from pipeline.data.records import DataError
 
 ROLES = ("system", "user", "assistant")
 TRANSCRIPT_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}

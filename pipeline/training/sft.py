@@ -11,13 +11,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.base_model import render_prompt
-from pipeline.conversations import AssistantTurns, assistant_turn_examples
+from pipeline.training.base_model import render_prompt
+from pipeline.data.conversations import AssistantTurns, assistant_turn_examples
 
-from pipeline.device import select_device
-from pipeline.generation import generate
-from pipeline.multi_gpu import save_trained_model
-from pipeline.training_checkpoints import TrainingScratch
+from pipeline.training.device import select_device
+from pipeline.training.generation import generate
+from pipeline.orchestration.launchers import save_trained_model
+from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.settings import SftSettings  # re-exported
 
 logger = logging.getLogger(__name__)

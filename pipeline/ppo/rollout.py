@@ -18,9 +18,9 @@ from functools import cached_property
 
 import torch
 
-from pipeline.base_model import render_prompt
-from pipeline.logprobs import position_ids_for
-from pipeline.packing import PackedSequences, pack
+from pipeline.training.base_model import render_prompt
+from pipeline.training.logprobs import position_ids_for
+from pipeline.training.packing import PackedSequences, pack
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Pipeline benchmark: orchestration overhead, incremental re-runs, and SFT / RM against plain TRL.
 
-    .venv/bin/python benchmarks/pipeline.py                       # default profile, both executors
-    .venv/bin/python benchmarks/pipeline.py --profile pipeline/profiles/tiny.yaml --executors in_process
+    .venv/bin/python benchmarks/bench_pipeline.py                       # default profile, both executors
+    .venv/bin/python benchmarks/bench_pipeline.py --profile pipeline/profiles/tiny.yaml --executors in_process
 
 For each executor, on a fresh Dagster instance and artifacts root, through `dagster job execute`
 (what `make run` does):
@@ -39,10 +39,6 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's directory comes first on sys.path, and this file's name would shadow
-# the `pipeline` package.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO_ROOT)
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DAGSTER_BIN = Path(sys.executable).with_name("dagster")
 EXECUTORS = {
@@ -180,10 +176,10 @@ def plain_trl_sft(base_dir: Path, sft_data_dir: Path, profile: dict[str, Any], o
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.base_model import render_prompt
-    from pipeline.data_io import read_jsonl
-    from pipeline.generation import generate
-    from pipeline.sft import SftSettings, split_held_out
+    from pipeline.training.base_model import render_prompt
+    from pipeline.data.records import read_jsonl
+    from pipeline.training.generation import generate
+    from pipeline.training.sft import SftSettings, split_held_out
 
     settings = _settings(profile, "sft_checkpoint", SftSettings)
     started = time.perf_counter()
@@ -225,10 +221,10 @@ def plain_trl_reward(sft_dir: Path, preference_dir: Path, profile: dict[str, Any
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from pipeline.base_model import render_prompt
-    from pipeline.data_io import read_jsonl
-    from pipeline.reward_model import RewardSettings, score
-    from pipeline.sft import split_held_out
+    from pipeline.training.base_model import render_prompt
+    from pipeline.data.records import read_jsonl
+    from pipeline.training.reward_model import RewardSettings, score
+    from pipeline.training.sft import split_held_out
 
     settings = _settings(profile, "reward_model", RewardSettings)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """What every materialization records about where it came from: code, config, git state, inputs.
 
-`provenance_metadata` is called by `pipeline.resources.artifact_output`, so every asset gets the
+`provenance_metadata` is called by `pipeline.orchestration.resources.artifact_output`, so every asset gets the
 same keys without repeating code:
 
 | key | what it is |
@@ -11,7 +11,7 @@ same keys without repeating code:
 | `dvc_stage`, `dvc_out`, `dvc_md5` | where DVC tracks the artifact and its DVC hash, as in `dvc.lock` (when DVC tracking is on) |
 
 Dagster itself adds, as event tags, the data version (the content hash) and, for each input, the
-data version and event storage id of the upstream materialization it read: `pipeline.lineage`
+data version and event storage id of the upstream materialization it read: `pipeline.orchestration.lineage`
 walks those.
 """
 
@@ -112,7 +112,7 @@ def dvc_record_metadata(artifact_path: Path) -> dict[str, Any]:
     Also for an output that re-emits an earlier artifact (an incremental run reusing it), so that
     `current/` and dvc.lock follow whatever Dagster's latest materialization points to.
     """
-    from pipeline import dvc_tracking
+    from pipeline.storage import dvc as dvc_tracking
 
     context = current_asset_context()
     tracking = dvc_tracking.tracking_for(artifact_path) if context is not None else None

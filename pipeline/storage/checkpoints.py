@@ -28,8 +28,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.artifacts import ArtifactStore, hold_lock, content_hash
-from pipeline.safety import confined_path
+from pipeline.storage.artifacts import ArtifactStore, hold_lock, content_hash
+from pipeline.storage.safety import confined_path
 
 logger = logging.getLogger(__name__)
 

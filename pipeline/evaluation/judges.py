@@ -218,8 +218,8 @@ class CompletionJudge:
 def hf_completion(model_dir: str, max_new_tokens: int = 64, device: str = "auto", batch_size: int = 8):
     """(complete, complete_batch) for a local HF causal LM directory; greedy decoding through its chat template."""
 
-    from pipeline.device import select_device
-    from pipeline.generation import generate, load_causal_lm
+    from pipeline.training.device import select_device
+    from pipeline.training.generation import generate, load_causal_lm
 
     loaded: list = []  # loaded on first use, so the judge is not in memory while the policies answer
 

@@ -1,8 +1,8 @@
 """What `accelerate launch` runs on every rank: one training stage from a spec, reported to Dagster by rank 0.
 
-    python -m accelerate.commands.launch ... -m pipeline.multi_gpu_worker <spec.json>
+    python -m accelerate.commands.launch ... -m pipeline.orchestration.launch_worker <spec.json>
 
-Started by `pipeline.multi_gpu.run_under_accelerate` through Dagster Pipes; the spec format is
+Started by `pipeline.orchestration.launchers.run_under_accelerate` through Dagster Pipes; the spec format is
 written there. Only rank 0 opens the Pipes connection: it streams training progress to the
 Dagster event log and sends the stage's metrics as a custom message. Other ranks train silently.
 """
@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.multi_gpu import METRICS_MESSAGE
+from pipeline.orchestration.launchers import METRICS_MESSAGE
 
 
 def is_main_rank() -> bool:
@@ -38,9 +38,9 @@ def progress_callback(pipes):
 
 
 def train_sft_stage(spec: dict[str, Any], callbacks: list) -> dict[str, Any]:
-    from pipeline.data_io import read_jsonl
-    from pipeline.sft import SftSettings, train_sft
-    from pipeline.training_checkpoints import TrainingScratch
+    from pipeline.data.records import read_jsonl
+    from pipeline.training.sft import SftSettings, train_sft
+    from pipeline.storage.checkpoints import TrainingScratch
 
     checkpoints = spec["inputs"].get("checkpoints")
     scratch = TrainingScratch(
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SystemExit("usage: python -m pipeline.multi_gpu_worker <spec.json>")
+        raise SystemExit("usage: python -m pipeline.orchestration.launch_worker <spec.json>")
     spec = json.loads(Path(argv[0]).read_text())
     if spec.get("stage") not in STAGES:
         raise SystemExit(f"{argv[0]}: stage {spec.get('stage')!r} is not one of {sorted(STAGES)}")

@@ -13,7 +13,7 @@ One PPO step (`train_ppo`, steps 1-5):
                 (+ optional PPO-ptx SFT loss), with gradient clipping; dropout is off throughout.
 
 Every forward pass after sampling reads only real tokens: the rollout's sequences are packed end to
-end without padding (`pipeline.packing`), so the losses are plain means over the flat vector of a
+end without padding (`pipeline.training.packing`), so the losses are plain means over the flat vector of a
 minibatch's response tokens, while rewards, values and GAE keep the (batch, response column) layout.
 """
 
@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from pipeline.base_model import render_prompt
-from pipeline.device import select_device, torch_cpu_threads
-from pipeline.packing import PackedSequences
-from pipeline.ppo_report import mean_or_nan
-from pipeline.ppo_rollout import (
+from pipeline.training.base_model import render_prompt
+from pipeline.training.device import select_device, torch_cpu_threads
+from pipeline.training.packing import PackedSequences
+from pipeline.ppo.summary import mean_or_nan
+from pipeline.ppo.rollout import (
     encode_prompts,
     pack_rollout,
     response_log_softmax,
@@ -309,8 +309,8 @@ def ptx_loss(policy, examples: list[tuple[torch.Tensor, int]], pad_token_id: int
 
 
 def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
-    """The newest complete `checkpoint-<step>/` (the layout `pipeline.training_checkpoints` resumes from)."""
-    from pipeline.training_checkpoints import complete_checkpoints
+    """The newest complete `checkpoint-<step>/` (the layout `pipeline.storage.checkpoints` resumes from)."""
+    from pipeline.storage.checkpoints import complete_checkpoints
 
     if checkpoint_dir is None or not checkpoint_dir.exists():
         return None
@@ -320,7 +320,7 @@ def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
 
 def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
     """`checkpoint-<step>/ppo_state.pt`, then `trainer_state.json` last: its presence marks the checkpoint complete."""
-    from pipeline.training_checkpoints import CHECKPOINT_PREFIX, TRAINER_STATE_FILE
+    from pipeline.storage.checkpoints import CHECKPOINT_PREFIX, TRAINER_STATE_FILE
 
     path = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
     path.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ def train_ppo(
 def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step, choice):
     from accelerate import Accelerator
 
-    from pipeline.ppo_report import evaluate_against_reference, plot_training_curves, save_models
+    from pipeline.ppo.summary import evaluate_against_reference, plot_training_curves, save_models
 
     if settings.minibatch_size > settings.batch_size or settings.batch_size % settings.minibatch_size:
         raise ValueError(f"batch_size={settings.batch_size} must be a multiple of minibatch_size={settings.minibatch_size}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.markdown import markdown_table
+from pipeline.evaluation.markdown import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ def write_report(
 ) -> str:
     """Write every report file into `out_dir`; returns the markdown (for Dagster metadata).
 
-    `result` is `pipeline.evaluation.evaluate`'s output; its per-answer rows and judge verdicts go to
+    `result` is `pipeline.evaluation.evaluate.evaluate`'s output; its per-answer rows and judge verdicts go to
     JSONL files, everything else to eval.json.
     """
     out_dir = Path(out_dir)

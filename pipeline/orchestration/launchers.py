@@ -4,7 +4,7 @@ The asset stays what it is (reads its inputs, stages its artifact directory, ret
 only the training call moves into processes that `accelerate launch` starts, one per GPU:
 
     asset ──PipesSubprocessClient──► python -m accelerate.commands.launch --config_file <generated>
-                                         --num_processes N -m pipeline.multi_gpu_worker <spec.json>
+                                         --num_processes N -m pipeline.orchestration.launch_worker <spec.json>
           ◄── logs, progress, metrics ── rank 0 (dagster_pipes)
 
 `spec.json` names the stage, its inputs, the staging directory to write the model into and the
@@ -31,9 +31,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.data_io import write_jsonl
+from pipeline.data.records import write_jsonl
 
-WORKER_MODULE = "pipeline.multi_gpu_worker"
+WORKER_MODULE = "pipeline.orchestration.launch_worker"
 METRICS_MESSAGE = "metrics"  # `kind` of the Pipes custom message that carries a stage's metrics
 PIPES_CLIENT_KEY = "pipes_subprocess_client"
 TRAINING_ARGS_FILE = "training_args.bin"  # a pickle the HF Trainer saves with the model; not part of our artifacts

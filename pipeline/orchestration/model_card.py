@@ -15,10 +15,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline.lineage import iso_timestamp, metadata_value
-from pipeline.markdown import markdown_table
-from pipeline.safety import redact_text
-from pipeline.provenance import (
+from pipeline.orchestration.lineage import iso_timestamp, metadata_value
+from pipeline.evaluation.markdown import markdown_table
+from pipeline.storage.safety import redact_text
+from pipeline.orchestration.provenance import (
     asset_code_version,
     config_hash,
     current_asset_context,

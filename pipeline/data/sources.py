@@ -1,6 +1,6 @@
 """User data sources for the data assets: where rows come from and how a dataset format becomes records.
 
-A source is a local file (JSONL, Parquet through `pipeline.data_io`, or CSV), a directory written
+A source is a local file (JSONL, Parquet through `pipeline.data.records`, or CSV), a directory written
 by `datasets`' `save_to_disk`, or a hub dataset named `hub:<owner>/<name>` (the prefix keeps a
 mistyped local path from turning into a download). `fields` renames source columns to the names
 the format reads, so a dataset with other column names needs no conversion script.
@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.conversations import check_messages, split_final_answer, transcript_prompt
-from pipeline.data_io import REQUIRED_FIELDS, DataError, read_records, validate_records
+from pipeline.data.conversations import check_messages, split_final_answer, transcript_prompt
+from pipeline.data.records import REQUIRED_FIELDS, DataError, read_records, validate_records
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Deterministic, seeded generator of the embedded default data.
 
-It produces explanation prompts about RL and ML concepts (from `pipeline.glossary`) with good
-answers, verifiable tasks with a rule-based checker (`pipeline.verifiable_tasks`), preference
+It produces explanation prompts about RL and ML concepts (from `pipeline.data.glossary`) with good
+answers, verifiable tasks with a rule-based checker (`pipeline.data.tasks`), preference
 pairs whose rejected answers show distinct failures, PPO prompts, held-out evaluation prompts and
 plain pretraining text.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pipeline.glossary import GLOSSARY, OFF_TOPIC_ANSWERS, PADDING_CLOSERS, PADDING_OPENERS, Concept
-from pipeline.verifiable_tasks import (
+from pipeline.data.glossary import GLOSSARY, OFF_TOPIC_ANSWERS, PADDING_CLOSERS, PADDING_OPENERS, Concept
+from pipeline.data.tasks import (
     EVAL_PHRASINGS,
     TASK_TYPES,
     TRAIN_PHRASINGS,

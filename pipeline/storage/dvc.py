@@ -154,7 +154,7 @@ def restore_version(version_dir: Path, expected_hash: str) -> bool:
     Only when `current` holds exactly that version (its content hash matches); returns whether the
     version directory exists afterwards.
     """
-    from pipeline.artifacts import content_hash
+    from pipeline.storage.artifacts import content_hash
 
     version_dir = Path(version_dir)
     if version_dir.exists():

@@ -1,0 +1,1 @@
+"""Evaluation: base vs SFT vs PPO on held-out prompts (`evaluate`), pairwise judges, the report."""

@@ -1,0 +1,1 @@
+"""Orchestration: the Dagster side (resources, incremental re-runs, provenance, model cards, lineage, execution, launchers)."""

@@ -1,0 +1,1 @@
+"""PPO: the algorithm (`algorithm`), rollouts (`rollout`) and what the stage leaves behind (`summary`)."""

@@ -1,0 +1,1 @@
+"""Training: device choice, chat formatting, the base model, generation, SFT and the reward model."""
