@@ -2,7 +2,7 @@ import hashlib
 import json
 
 from pipeline.data import generator as gen
-from pipeline.data.tasks import TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
+from pipeline.data.tasks import PHRASINGS, TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
 
 
 def _digest(records) -> str:
@@ -76,3 +76,55 @@ def test_pretraining_text_is_plain_prose_without_chat_markers():
     documents = gen.pretraining_text(20, 0)
     assert len(documents) == 20
     assert not any("<|user|>" in d or "<|assistant|>" in d for d in documents)
+
+
+def test_a_share_of_demonstrations_is_flawed_in_each_way_and_the_rest_are_good():
+    records = gen.sft_records(400, 0, flawed_fraction=0.4)
+    flawed = [r for r in records if r["flaw"]]
+    assert len(flawed) == 160
+    assert {r["flaw"] for r in flawed} == set(gen.DEMONSTRATION_FLAWS)
+    counts = [sum(r["flaw"] == flaw for r in flawed) for flaw in gen.DEMONSTRATION_FLAWS]
+    assert max(counts) - min(counts) <= 1  # the flaws take turns
+    assert {r["kind"] for r in flawed} == {"explanation", "verifiable"}
+    clean = {r["prompt"]: r["completion"] for r in gen.sft_records(400, 0)}
+    for record in records:
+        assert (record["completion"] == clean[record["prompt"]]) == (record["flaw"] is None), record
+        if record["flaw"] in ("wrong", "vague", "repetitive") and record["kind"] == "verifiable":
+            assert not check_answer(record["task"], record["completion"]), record
+    assert all(r["flaw"] is None for r in gen.sft_records(100, 0))
+
+
+def test_checker_accepts_every_task_types_good_answer_in_every_phrasing():
+    import random
+
+    rng = random.Random(1)
+    for task_type in TASK_TYPES:
+        for phrasing in range(len(PHRASINGS[task_type])):
+            task = make_task(task_type, rng, phrasing)
+            assert check_answer(task["task"], task["answer"]), task
+
+
+def test_every_task_type_appears_in_training_and_evaluation_with_its_key_word():
+    train = [r for r in gen.sft_records(400, 0) if r["kind"] == "verifiable"]
+    held_out = [r for r in gen.prompt_records(200, 0, "eval") if r["kind"] == "verifiable"]
+    for records in (train, held_out):
+        assert {r["task"]["type"] for r in records} == set(TASK_TYPES)
+
+
+def test_pretraining_text_holds_training_phrasings_of_tasks_but_no_evaluation_prompt():
+    corpus = " ".join(gen.pretraining_text(200, 0))
+    assert "Repeat after me:" in corpus or "Repeat these words exactly:" in corpus
+    for record in gen.prompt_records(200, 0, "eval"):
+        assert record["prompt"] not in corpus
+
+
+def test_the_closest_concept_of_a_good_explanation_is_its_own_and_of_a_wrong_one_is_not():
+    import random
+
+    from pipeline.data.glossary import GLOSSARY, closest_concept
+
+    rng = random.Random(0)
+    for concept in GLOSSARY:
+        assert closest_concept(gen.good_explanation(concept)) == concept
+        assert closest_concept(gen.rejected_explanation(concept, "wrong", rng)) != concept
+    assert closest_concept("The weather is mild today.") is None

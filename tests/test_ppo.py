@@ -245,3 +245,27 @@ def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_model
         assert (artifact / name).exists(), f"{name} missing from {artifact}"
     checkpoints = artifacts_root / "ppo_policy" / ".checkpoints"
     assert not any(p.is_dir() for p in checkpoints.glob("*")), "checkpoints are removed once the artifact is committed"
+
+
+def test_training_stops_at_the_kl_bound_and_keeps_the_last_policy_inside_it(tiny_models, tmp_path):
+    sft_dir, rm_dir, prompts = tiny_models
+    # No KL penalty and a large step: the policy leaves the reference within a few steps.
+    settings = PpoSettings(total_episodes=640, kl_coef=0.0, adaptive_kl=False, kl_bound=0.5, **FAST)
+    summary = train_ppo(sft_dir, rm_dir, prompts, tmp_path, settings)
+    history = [json.loads(line) for line in (tmp_path / "ppo_train_metrics.jsonl").read_text().splitlines()]
+
+    stopped = summary["stopped_at_kl_bound"]
+    assert stopped is not None and stopped["kl"] > 0.5
+    assert summary["n_steps"] == len(history) < summary["n_steps_planned"] == 20
+    # The kept policy is the one the last recorded rollout measured, inside the bound.
+    assert stopped["kept_policy_of_step"] == len(history) - 1
+    assert history[-1]["kl"] <= 0.5
+    assert summary["kl_to_sft"] < 1.0
+
+
+def test_the_adaptive_controller_raises_beta_above_its_target_and_lowers_it_below():
+    controller = ppo.AdaptiveKLController(beta=0.1, target=2.0, horizon=100)
+    controller.update(current_kl=4.0, n_episodes=10)  # error clipped to +0.2: beta * (1 + 0.2 * 10/100)
+    assert controller.value == pytest.approx(0.1 * 1.02)
+    controller.update(current_kl=1.0, n_episodes=10)  # error -0.5 clipped to -0.2
+    assert controller.value == pytest.approx(0.1 * 1.02 * 0.98)

@@ -33,6 +33,10 @@ TRAIN_TEMPLATES = (
     "How would you explain {c} to a new student?",
     "What should an engineer know about {c}?",
     "Define {c} and say why it is useful.",
+    "What do people mean by {c}?",
+    "I keep hearing about {c}. What is it?",
+    "Explain {c} to me.",
+    "Could you describe {c}, with an example?",
 )
 EVAL_TEMPLATES = (
     "Tell me about {c}, with an example.",

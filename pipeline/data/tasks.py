@@ -21,40 +21,52 @@ from pipeline.data.glossary import WORDS
 TASK_TYPES = ("add", "multiply", "sort", "count_words", "reverse_words", "repeat_words", "last_word")
 
 # Training and evaluation phrase each task differently, so that evaluation prompts can never
-# coincide with a training prompt whatever the seeds: phrasing index 0 and 1 train, 2 evaluates.
+# coincide with a training prompt whatever the seeds: phrasings 0-3 train, 4 evaluates.
 # All three phrasings of a task share its key word ("plus", "times", "sort", ...): a held-out
 # phrasing is new wording around a word the model has learnt, as it is for users' rephrasings.
 PHRASINGS: dict[str, tuple[str, ...]] = {
-    "add": ("What is {a} plus {b}?", "Compute {a} plus {b}.", "Tell me {a} plus {b}, please."),
-    "multiply": ("What is {a} times {b}?", "Compute {a} times {b}.", "Tell me {a} times {b}, please."),
+    "add": ("What is {a} plus {b}?", "Compute {a} plus {b}.", "Work out {a} plus {b}.", "Give me {a} plus {b}.",
+            "Tell me {a} plus {b}, please."),
+    "multiply": ("What is {a} times {b}?", "Compute {a} times {b}.", "Work out {a} times {b}.", "Give me {a} times {b}.",
+                 "Tell me {a} times {b}, please."),
     "sort": (
         "Sort these numbers from smallest to largest: {items}.",
         "Sort the numbers {items} in increasing order.",
+        "Sort this list of numbers: {items}.",
+        "Can you sort {items}?",
         "Please sort, smallest first: {items}.",
     ),
     "count_words": (
         "How many words are in this list: {words}?",
         "Count the words in this list: {words}.",
+        "Count how many words there are: {words}.",
+        "How many words does this list have: {words}?",
         "Tell me how many words this list has: {words}.",
     ),
     "reverse_words": (
         "Reverse the order of these words: {words}.",
         "Write these words in reverse order: {words}.",
+        "Reverse this list: {words}.",
+        "Can you reverse the words {words}?",
         "Please reverse this list of words: {words}.",
     ),
     "repeat_words": (
         "Repeat these words exactly: {words}.",
         "Repeat after me: {words}.",
+        "Repeat this list: {words}.",
+        "Can you repeat the words {words}?",
         "Please repeat this list of words: {words}.",
     ),
     "last_word": (
         "Which word comes last in this list: {words}?",
         "Name the last word of this list: {words}.",
+        "What is the last word of {words}?",
+        "Give me the last word of this list: {words}.",
         "Tell me the last word in the list {words}.",
     ),
 }
-TRAIN_PHRASINGS = (0, 1)
-EVAL_PHRASINGS = (2,)
+TRAIN_PHRASINGS = (0, 1, 2, 3)
+EVAL_PHRASINGS = (4,)
 
 _ANSWER_PATTERN = re.compile(r"the answer is\s*:?\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
 
