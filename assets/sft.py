@@ -17,6 +17,7 @@ from quality_gates.refusal import refuse_if_input_gates_failed
 from pipeline.settings import SftSettings
 
 SFT_EVAL_FILE = "sft_eval.json"
+SFT_CURVES_FILE = "loss_curves.png"
 
 
 class SftConfig(dg.Config, SftSettings, LaunchSettings):
@@ -58,6 +59,9 @@ def sft_checkpoint(
         else:
             metrics = train_sft(base_model, records, staged.path, config, checkpoints)
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        from pipeline.training.sft import plot_loss_curves
+
+        has_curves = plot_loss_curves(metrics, staged.path / SFT_CURVES_FILE)
         write_model_card(staged.path)
     return artifact_output(staged.path, {
         "train_loss": metrics["train_loss"],
@@ -70,4 +74,5 @@ def sft_checkpoint(
         "resumed_from_step": metrics["resumed_from_step"],
         "launcher": config.launcher if config.launcher == "in_process" else f"accelerate x{config.num_processes} ({config.distributed})",
         "samples": dg.MetadataValue.md(markdown_table(metrics["samples"], max_chars=200)),
+        **({"loss_curves": dg.MetadataValue.path(str(staged.path / SFT_CURVES_FILE))} if has_curves else {}),
     })

@@ -60,6 +60,9 @@ class SftSettings(BaseModel):
     held_out_fraction: float = Field(0.1, ge=0, lt=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    held_out_eval_every: float = Field(
+        0.1, gt=0, description="held-out loss every N steps (a float below 1: that fraction of the run), for the curve"
+    )
     n_format_samples: int = Field(32, gt=0, description="held-out prompts answered to measure format adherence")
     max_new_tokens: int = Field(96, gt=0)
     assistant_turns: AssistantTurns = Field(
@@ -113,14 +116,20 @@ class PpoSettings(BaseModel):
         1e-5, gt=0, description="AdamW epsilon, as in most PPO code (HF Trainer's default is 1e-8); there is no "
         "weight decay, which would pull the policy towards zero rather than towards SFT"
     )
-    max_new_tokens: int = Field(64, gt=0, description="maximum response length")
+    max_new_tokens: int = Field(96, gt=0, description="maximum response length (the default's explanations run to ~90 tokens)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaling")
     kl_coef: float = Field(0.05, ge=0, description="beta: initial (or fixed) KL penalty coefficient")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the reward")
-    adaptive_kl: bool = Field(False, description="adapt beta towards target_kl (Ziegler et al. 2019)")
-    target_kl: float = Field(4.0, gt=0, description="per-sequence KL the adaptive controller aims for")
-    kl_horizon: int = Field(10000, gt=0, description="adaptive controller horizon, in episodes")
-    kl_bound: float = Field(8.0, gt=0, description="mean per-sequence KL to SFT the final policy must stay under (quality gate)")
+    adaptive_kl: bool = Field(True, description="adapt beta towards target_kl (Ziegler et al. 2019)")
+    target_kl: float = Field(4.0, gt=0, description="per-sequence KL the adaptive controller aims for: below kl_bound")
+    kl_horizon: int = Field(
+        512, gt=0, description="adaptive controller horizon, in episodes (Ziegler et al. used 10000 for runs of "
+        "100k+ episodes; a run of a few hundred episodes needs a shorter one for beta to move at all)"
+    )
+    kl_bound: float = Field(
+        8.0, gt=0, description="mean per-sequence KL to SFT the policy must stay under: training stops when a rollout "
+        "crosses it and keeps the last policy inside it; the ppo_guard gate checks it on held-out prompts"
+    )
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     clip_range: float = Field(0.2, gt=0, description="policy ratio clip epsilon")

@@ -72,7 +72,9 @@ def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_chec
         weight_decay=settings.weight_decay,
         lr_scheduler_type="cosine",
         logging_steps=5,
-        eval_strategy="no",
+        # The held-out loss through training: the curve that shows SFT ran to convergence.
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=settings.held_out_eval_every,
         save_strategy="steps" if save_checkpoints else "no",
         save_steps=settings.checkpoint_every_steps,
         # Two, not one: if the process dies while writing the newest, the one before is complete.
@@ -123,6 +125,9 @@ def train_sft(
         loss_curve = [
             {"step": log["step"], "loss": log["loss"]} for log in trainer.state.log_history if "loss" in log
         ]
+        held_out_curve = [
+            {"step": log["step"], "held_out_loss": log["eval_loss"]} for log in trainer.state.log_history if "eval_loss" in log
+        ]
     model = save_trained_model(trainer, tokenizer, output_dir)
     if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
         return {}
@@ -146,9 +151,35 @@ def train_sft(
         "ends_with_eos_rate": sum(g.ended_with_eos for g in samples) / len(samples),
         "role_marker_echo_rate": sum(g.echoed_role_marker for g in samples) / len(samples),
         "loss_curve": loss_curve,
+        "held_out_loss_curve": held_out_curve,
         "samples": [
             {"prompt": g.prompt, "response": g.response, "ended_with_eos": g.ended_with_eos}
             for g in samples[:8]
         ],
         "settings": settings.model_dump(),
     }
+
+
+def plot_loss_curves(metrics: dict[str, Any], path: Path) -> bool:
+    """Training loss and held-out loss against the step: flat held-out loss at the end means SFT converged."""
+    train, held_out = metrics.get("loss_curve") or [], metrics.get("held_out_loss_curve") or []
+    if not train and not held_out:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    if train:
+        axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if held_out:
+        axis.plot([r["step"] for r in held_out], [r["held_out_loss"] for r in held_out], marker="o", label="held-out loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss (answer tokens)")
+    axis.set_title("SFT")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return True
