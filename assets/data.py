@@ -14,14 +14,13 @@ import dagster as dg
 from pydantic import Field
 
 from pipeline.data import generator as data_generator
-from pipeline.data.records import read_jsonl, write_jsonl
+from pipeline.data.records import write_jsonl
 from pipeline.data.sources import SourceSettings, load_source
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
-
-DATA_FILE = "data.jsonl"
-STATS_FILE = "stats.json"
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.storage.contract import DATA_FILE, STATS_FILE
 
 
 class DataSourceConfig(dg.Config, SourceSettings):
@@ -46,11 +45,6 @@ class PpoPromptsConfig(DataSourceConfig):
 
 class EvalPromptsConfig(DataSourceConfig):
     n_records: int = Field(48, gt=0)
-
-
-def load_data(path: Path) -> list[dict[str, Any]]:
-    """The records of a data asset's artifact directory."""
-    return read_jsonl(Path(path) / DATA_FILE)
 
 
 def _length_stats(records: list[dict[str, Any]], field: str) -> dict[str, float]:
@@ -98,19 +92,20 @@ def _materialize_data(
         write_jsonl(records, staged.path / DATA_FILE)
         (staged.path / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     context.log.info(f"{asset_name}: {len(records)} records from {stats['source']} -> {staged.path}")
-    return artifact_output(staged.path, {
+    output = artifact_output(context, staged.path, {
         "n_records": len(records),
         "source": stats["source"],
         "stats": dg.MetadataValue.json(stats),
         "preview": dg.MetadataValue.md(markdown_table(records[:5], columns=text_fields, max_chars=100)),
     })
+    return record_in_dvc(context, output)
 
 
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Instruction/answer pairs (prompt, completion) for supervised fine-tuning."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "sft")
     else:
@@ -124,7 +119,7 @@ def preference_data(
 ) -> dg.Output:
     """(prompt, chosen, rejected) pairs for the reward model; rejected answers fail in varied ways."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "preference")
     else:
@@ -136,7 +131,7 @@ def preference_data(
 def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Prompts the policy answers during PPO rollouts."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:
@@ -148,7 +143,7 @@ def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, art
 def eval_prompts(context: dg.AssetExecutionContext, config: EvalPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Held-out evaluation prompts, disjoint from every training set."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:

@@ -6,11 +6,22 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.data import load_data
-from pipeline.settings import EvaluationSettings
-from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.data.records import load_data
 from pipeline.orchestration.execution import gpu_op_tags
-from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.materializations import latest_artifact_paths
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import EvaluationSettings
+from pipeline.storage.contract import (
+    EVAL_JSON,
+    LENGTH_HISTOGRAMS_PNG,
+    PPO_METRICS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    TRAINING_CURVES_PNG,
+    WIN_RATES_PNG,
+)
 
 
 class EvaluationReportConfig(dg.Config, EvaluationSettings):
@@ -19,16 +30,8 @@ class EvaluationReportConfig(dg.Config, EvaluationSettings):
 
 def recent_reports(instance: dg.DagsterInstance, asset_key: dg.AssetKey, limit: int) -> list[Path]:
     """eval.json of the latest `limit` materializations of the report, newest first (missing files skipped)."""
-    from pipeline.evaluation.report import EVAL_JSON
-
-    records = instance.fetch_materializations(asset_key, limit=limit).records
-    paths = []
-    for record in records:
-        materialization = record.asset_materialization
-        entry = materialization.metadata.get(ARTIFACT_PATH_KEY) if materialization else None
-        if entry is not None and (Path(str(entry.value)) / EVAL_JSON).is_file():
-            paths.append(Path(str(entry.value)) / EVAL_JSON)
-    return paths
+    reports = (path / EVAL_JSON for path in latest_artifact_paths(instance, asset_key, limit))
+    return [report for report in reports if report.is_file()]
 
 
 @dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
@@ -45,14 +48,10 @@ def evaluation_report(
     """`final_eval.md`, `report.html` with plots, `eval.json`: RM scores, checker accuracy, win rates by three
     judges with 95% intervals, KL of PPO to SFT, and reward-hacking spot checks."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.evaluation.judges import build_judge
-    from pipeline.ppo.algorithm import METRICS_FILE as PPO_METRICS_FILE
-    from pipeline.evaluation.report import (
-        EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG,
-        compare_with_previous, read_training_metrics, write_report,
-    )
+    from pipeline.evaluation.report import compare_with_previous, read_training_metrics, write_report
 
     records = load_data(eval_prompts)
     judge = build_judge(config.judge_model, config.custom_judge, config.judge_max_new_tokens, config.device)
@@ -100,7 +99,8 @@ def evaluation_report(
     if (path / TRAINING_CURVES_PNG).is_file():
         metadata["plot_ppo_training_curves"] = dg.MetadataValue.path(str(path / TRAINING_CURVES_PNG))
     # Dagster metadata floats must be numbers; an undefined value (e.g. no verifiable prompts) is left out.
-    return artifact_output(path, {k: v for k, v in metadata.items() if v is not None})
+    output = artifact_output(context, path, {k: v for k, v in metadata.items() if v is not None})
+    return record_in_dvc(context, output)
 
 
 @dg.asset_check(

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.data import load_data
-from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
+from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.launchers import PIPES_CLIENT_KEY, LaunchSettings
 from pipeline.orchestration.model_card import write_model_card
-from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
-from quality_gates.refusal import refuse_if_input_gates_failed
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
 from pipeline.settings import SftSettings
-
-SFT_EVAL_FILE = "sft_eval.json"
+from pipeline.storage.contract import SFT_EVAL_FILE
+from quality_gates.refusal import refuse_if_input_gates_failed
 
 
 class SftConfig(dg.Config, SftSettings, LaunchSettings):
@@ -35,7 +35,7 @@ def sft_checkpoint(
 ) -> dg.Output:
     """SFT policy (HF directory) with `sft_eval.json`: train and held-out loss, format adherence, samples."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     from pipeline.training.sft import train_sft
     from pipeline.storage.checkpoints import checkpoint_key, training_scratch
 
@@ -58,8 +58,8 @@ def sft_checkpoint(
         else:
             metrics = train_sft(base_model, records, staged.path, config, checkpoints)
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        write_model_card(staged.path)
-    return artifact_output(staged.path, {
+        write_model_card(context, staged.path)
+    output = artifact_output(context, staged.path, {
         "train_loss": metrics["train_loss"],
         "held_out_loss_before": metrics["held_out_loss_before"],
         "held_out_loss": metrics["held_out_loss"],
@@ -71,3 +71,4 @@ def sft_checkpoint(
         "launcher": config.launcher if config.launcher == "in_process" else f"accelerate x{config.num_processes} ({config.distributed})",
         "samples": dg.MetadataValue.md(markdown_table(metrics["samples"], max_chars=200)),
     })
+    return record_in_dvc(context, output)

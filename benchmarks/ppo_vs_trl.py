@@ -228,13 +228,13 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from pipeline.training.base_model import render_prompt
-    from pipeline.data.records import read_jsonl
+    from pipeline.data.records import load_data
 
     trl_python = ensure_trl_venv()
     sft = args.sft_checkpoint or latest_artifact(args.artifacts_root, "sft_checkpoint")
     rm = args.reward_model or latest_artifact(args.artifacts_root, "reward_model")
     prompts_dir = args.ppo_prompts or latest_artifact(args.artifacts_root, "ppo_prompts")
-    prompts = [r["prompt"] for r in read_jsonl(prompts_dir / "data.jsonl")]
+    prompts = [r["prompt"] for r in load_data(prompts_dir)]
     train_prompts, eval_prompts = prompts[: -args.eval_prompts], prompts[-args.eval_prompts :]
     tokenizer = AutoTokenizer.from_pretrained(sft)
     job = {

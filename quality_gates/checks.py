@@ -23,9 +23,10 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.data.records import read_jsonl
+from pipeline.data.records import load_data, read_jsonl
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.storage.contract import DATA_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE, RM_EVAL_FILE
 from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
 from quality_gates.leak import LeakSettings, find_eval_leaks
 from quality_gates.length_bias import (
@@ -45,10 +46,6 @@ from quality_gates.model_gates import (
 )
 from quality_gates.reuse import reusable_gate
 
-DATA_FILE = "data.jsonl"  # the data assets' record file (assets/data.py writes it)
-RM_EVAL_FILE = "rm_eval.json"
-PPO_SUMMARY_FILE = "ppo_summary.json"
-PPO_METRICS_FILE = "ppo_train_metrics.jsonl"
 FIRST_ROWS = 10  # offending rows shown in a failing check's metadata
 
 # The text a training record carries, prompt first; fields a record lacks are skipped.
@@ -80,10 +77,6 @@ class PpoGuardConfig(dg.Config, PpoGuardSettings):
     pass
 
 
-def _records(data_dir: Path) -> list[dict[str, Any]]:
-    return read_jsonl(Path(data_dir) / DATA_FILE)
-
-
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(rows[:FIRST_ROWS], columns=columns, max_chars=160))
 
@@ -111,7 +104,7 @@ def dedup_check(asset_name: str) -> dg.AssetChecksDefinition:
     ))
     @reusable_gate
     def _dedup(context: dg.AssetCheckExecutionContext, config: DedupConfig, data: Path) -> dg.AssetCheckResult:
-        records = _records(data)
+        records = load_data(data)
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
         report = find_duplicates(records, fields, config)
         passed = len(report.exact) <= config.max_exact_duplicates and len(report.near) <= config.max_near_duplicates
@@ -150,8 +143,8 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
     def _eval_leak(
         context: dg.AssetCheckExecutionContext, config: EvalLeakConfig, data: Path, eval_prompts: Path
     ) -> dg.AssetCheckResult:
-        records = _records(data)
-        evaluation = [r["prompt"] for r in _records(eval_prompts)]
+        records = load_data(data)
+        evaluation = [r["prompt"] for r in load_data(eval_prompts)]
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
         leaks = find_eval_leaks(records, fields, evaluation, config)
         passed = len(leaks) <= config.max_leaked_records
@@ -177,7 +170,7 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
 ))
 @reusable_gate
 def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBiasConfig, data: Path) -> dg.AssetCheckResult:
-    pairs = _records(data)
+    pairs = load_data(data)
     stats = measure_length_bias(pairs)
     problems = length_bias_violations(stats, config)
     summary = _summary(context, problems, (
@@ -273,7 +266,7 @@ def expectations_check(asset_name: str) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         from quality_gates.expectations import DATA_DOCS_INDEX, validate_with_expectations
 
-        records = _records(data)
+        records = load_data(data)
         with artifacts.store().stage("data_docs") as staged:
             outcome = validate_with_expectations(records, asset_name, staged.path, FIRST_ROWS)
         index_html = staged.path / DATA_DOCS_INDEX

@@ -87,7 +87,8 @@ def test_conversational_sft_trains_on_every_assistant_turn_and_nothing_else(tmp_
 
 def test_graph_runs_on_fixtures_with_a_local_base_model(tmp_path, tiny_run_config, artifacts_root, dagster_instance):
     from assets.base import base_model
-    from assets.data import eval_prompts, load_data, ppo_prompts, preference_data, sft_data
+    from assets.data import eval_prompts, ppo_prompts, preference_data, sft_data
+    from pipeline.data.records import load_data
     from assets.reward import reward_model
     from assets.sft import sft_checkpoint
     from pipeline.data.sources import SourceSettings, load_source

@@ -112,7 +112,7 @@ class FixedPathsIOManager(dg.IOManager):
 
 def test_asset_writes_report_and_check_compares_with_previous(tiny_models, tmp_path, artifacts_root, dagster_instance):
     from assets.evaluation import evaluation_report, no_regression_vs_previous_report
-    from assets.data import DATA_FILE
+    from pipeline.storage.contract import DATA_FILE
     from pipeline.data.records import write_jsonl
     from pipeline.orchestration.resources import ArtifactStoreResource
 

@@ -219,7 +219,8 @@ def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_model
 
     from pipeline.data.records import write_jsonl
     from pipeline.definitions import defs
-    from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, ArtifactIOManager, ArtifactStoreResource
+    from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
+    from pipeline.storage.contract import ARTIFACT_PATH_KEY
 
     sft_dir, rm_dir, prompts = tiny_models
     prompts_dir = artifacts_root / "ppo_prompts" / "given"

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.storage.contract import DATA_FILE
+
 # Which fields each kind of data asset needs, and that they must be non-empty strings.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt", "completion"),
@@ -72,6 +74,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise DataError(path, f"expected a JSON object, got {type(record).__name__}", row=line_number)
             records.append(record)
     return records
+
+
+def load_data(artifact_dir: Path) -> list[dict[str, Any]]:
+    """The records of a data asset's artifact directory (sft_data, preference_data, ppo_prompts, eval_prompts)."""
+    return read_jsonl(Path(artifact_dir) / DATA_FILE)
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:

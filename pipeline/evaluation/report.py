@@ -17,20 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.evaluation.markdown import markdown_table
+from pipeline.storage.contract import (
+    ANSWERS_FILE,
+    EVAL_JSON,
+    JUDGEMENTS_FILE,
+    LENGTH_HISTOGRAMS_PNG,
+    PLOTS_DIR,
+    PPO_METRICS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    TRAINING_CURVES_PNG,
+    WIN_RATES_PNG,
+)
 
 logger = logging.getLogger(__name__)
 
 MODELS = ("base", "sft", "ppo")  # the models every report compares, in eval.json's `models`
-
-EVAL_JSON = "eval.json"
-REPORT_MD = "final_eval.md"
-REPORT_HTML = "report.html"
-ANSWERS_FILE = "answers.jsonl"
-JUDGEMENTS_FILE = "judgements.jsonl"
-PLOTS_DIR = "plots"
-TRAINING_CURVES_PNG = f"{PLOTS_DIR}/ppo_training_curves.png"
-LENGTH_HISTOGRAMS_PNG = f"{PLOTS_DIR}/length_histograms.png"
-WIN_RATES_PNG = f"{PLOTS_DIR}/win_rates.png"
 
 REPORT_TITLE = "Evaluation report: base vs SFT vs PPO"
 SECTION_TITLES = (
@@ -304,7 +306,7 @@ def build_sections(
     training_blocks: list[str | Table | Figure] = []
     summary = result.get("ppo_training") or {}
     if figures.get("training_curves"):
-        training_blocks.append(f"{summary.get('n_steps', 0)} PPO steps from `ppo_train_metrics.jsonl`.")
+        training_blocks.append(f"{summary.get('n_steps', 0)} PPO steps from `{PPO_METRICS_FILE}`.")
         training_blocks.append(Figure(figures["training_curves"], "PPO training: reward, KL and response length per step."))
     if training_note:
         training_blocks.append(f"Note: {training_note}.")

@@ -46,14 +46,11 @@ from pipeline.ppo.rollout import (
     sample_responses,
     token_values,
 )
-from pipeline.settings import PpoSettings  # re-exported
+from pipeline.settings import PpoSettings
+from pipeline.storage.contract import PPO_CURVES_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "ppo_train_metrics.jsonl"
-SUMMARY_FILE = "ppo_summary.json"
-CURVES_FILE = "training_curves.png"
-VALUE_MODEL_DIR = "value_model"
 CHECKPOINT_STATE_FILE = "ppo_state.pt"
 
 
@@ -522,10 +519,10 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     )
     output_dir = Path(output_dir)
     save_models(policy, value_model, tokenizer, output_dir, settings.use_lora)
-    with open(output_dir / METRICS_FILE, "w") as handle:
+    with open(output_dir / PPO_METRICS_FILE, "w") as handle:
         for record in history:
             handle.write(json.dumps(record) + "\n")
-    plot_training_curves(history, output_dir / CURVES_FILE)
+    plot_training_curves(history, output_dir / PPO_CURVES_FILE)
     summary = {
         **evaluation,
         "kl_bound": settings.kl_bound,
@@ -539,5 +536,5 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         "final_beta": kl_controller.value,
         "settings": settings.model_dump(),
     }
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (output_dir / PPO_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pipeline.storage.contract import VALUE_MODEL_DIR
 from pipeline.ppo.rollout import Rollout, encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
 
 CURVE_PANELS = (
@@ -80,8 +81,6 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
 
 def save_models(policy, value_model, tokenizer, output_dir: Path, merge_lora: bool) -> None:
     """The policy as a plain HF causal-LM dir at `output_dir` (LoRA merged in); the value model under `value_model/`."""
-    from pipeline.ppo.algorithm import VALUE_MODEL_DIR
-
     if merge_lora:
         policy = policy.merge_and_unload()
     policy.save_pretrained(output_dir)
