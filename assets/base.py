@@ -13,7 +13,7 @@ from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
-from pipeline.settings import PretrainSettings, TinyModelSpec
+from pipeline.settings import PretrainSettings, TinyModelSpec, settings_from
 from pipeline.storage.contract import MODEL_NAME_FILE, PROBE_FILE, PROBE_REPORT
 
 
@@ -56,8 +56,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
                 context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
 
         model, tokenizer, losses = build_default_base_model(
-            TinyModelSpec(**config.model_dump(include=set(TinyModelSpec.model_fields))),
-            PretrainSettings(**config.model_dump(include=set(PretrainSettings.model_fields))),
+            settings_from(config, TinyModelSpec),
+            settings_from(config, PretrainSettings),
             device,
             on_progress,
         )

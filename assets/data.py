@@ -15,11 +15,12 @@ from pydantic import Field
 
 from pipeline.data import generator as data_generator
 from pipeline.data.records import write_jsonl
-from pipeline.data.sources import SourceSettings, load_source
+from pipeline.data.sources import load_source
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import SourceSettings, settings_from
 from pipeline.storage.contract import DATA_FILE, STATS_FILE
 
 
@@ -67,7 +68,7 @@ def _stats(records: list[dict[str, Any]], text_fields: tuple[str, ...]) -> dict[
 
 def _user_records(context: dg.AssetExecutionContext, config: DataSourceConfig, kind: str) -> tuple[list[dict[str, Any]], str]:
     """Records from the configured source, and a label saying where they came from and what was skipped."""
-    loaded = load_source(config, kind)
+    loaded = load_source(settings_from(config, SourceSettings), kind)
     label = loaded.description
     if loaded.skipped:
         label += f"; {len(loaded.skipped)} of {loaded.n_rows_read} rows skipped as bad"

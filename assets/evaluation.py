@@ -12,7 +12,7 @@ from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.materializations import latest_artifact_paths
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
-from pipeline.settings import EvaluationSettings
+from pipeline.settings import EvaluationSettings, settings_from
 from pipeline.storage.contract import (
     EVAL_JSON,
     LENGTH_HISTOGRAMS_PNG,
@@ -53,19 +53,20 @@ def evaluation_report(
     from pipeline.evaluation.judges import build_judge
     from pipeline.evaluation.report import compare_with_previous, read_training_metrics, write_report
 
+    settings = settings_from(config, EvaluationSettings)
     records = load_data(eval_prompts)
-    judge = build_judge(config.judge_model, config.custom_judge, config.judge_max_new_tokens, config.device)
+    judge = build_judge(settings.judge_model, settings.custom_judge, settings.judge_max_new_tokens, settings.device)
     # Looked up before this run's materialization exists, so the latest one is the previous report.
     previous = recent_reports(context.instance, context.asset_key, limit=1)
     result = evaluate(
         {"base": base_model, "sft": sft_checkpoint, "ppo": ppo_policy}, reward_model, records,
-        config, judge, log=context.log.info,
+        settings, judge, log=context.log.info,
     )
     result["inputs"] = {
         "base_model": str(base_model), "sft_checkpoint": str(sft_checkpoint), "ppo_policy": str(ppo_policy),
         "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
     }
-    result["settings"] = config.model_dump()
+    result["settings"] = settings.model_dump()
     training_rows, training_note = read_training_metrics(ppo_policy / PPO_METRICS_FILE)
     if training_note:
         context.log.warning(training_note)

@@ -13,7 +13,7 @@ from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
-from pipeline.settings import RewardSettings
+from pipeline.settings import RewardSettings, settings_from
 from pipeline.storage.contract import RM_EVAL_FILE
 from quality_gates.refusal import refuse_if_input_gates_failed
 
@@ -36,16 +36,17 @@ def reward_model(
     from pipeline.training.reward_model import train_reward_model
 
     refuse_if_input_gates_failed(context)
+    settings = settings_from(config, RewardSettings)
     pairs = load_data(preference_data)
     context.log.info(f"reward model on {len(pairs)} pairs from {preference_data}")
     with artifacts.store().stage("reward_model") as staged:
-        metrics = train_reward_model(sft_checkpoint, pairs, staged.path, config)
+        metrics = train_reward_model(sft_checkpoint, pairs, staged.path, settings)
         (staged.path / RM_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         write_model_card(context, staged.path)
     if metrics["n_dropped_too_long"]:
         context.log.warning(
             f"{metrics['n_dropped_too_long']} of {metrics['n_train']} training pairs exceed "
-            f"max_length={config.max_length} tokens and were dropped by the trainer"
+            f"max_length={settings.max_length} tokens and were dropped by the trainer"
         )
     output = artifact_output(context, staged.path, {
         "held_out_accuracy": metrics["held_out_accuracy"],

@@ -26,7 +26,8 @@ def latest(root: Path, asset: str) -> Path | None:
 def random_default_models(out: Path) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.settings import TinyModelSpec
+    from pipeline.training.base_model import build_tiny_llama, train_tokenizer
     from pipeline.data.generator import pretraining_text
 
     spec = TinyModelSpec()
@@ -52,7 +53,8 @@ def main() -> None:
 
     from pipeline.data.generator import prompt_records
     from pipeline.data.records import load_data
-    from pipeline.evaluation.evaluate import EvaluationSettings, evaluate
+    from pipeline.settings import EvaluationSettings
+    from pipeline.evaluation.evaluate import evaluate
     from pipeline.evaluation.judges import HeuristicJudge
     from pipeline.evaluation.report import read_training_metrics, write_report
     from pipeline.storage.contract import PPO_METRICS_FILE

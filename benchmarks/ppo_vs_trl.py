@@ -42,7 +42,8 @@ TRL_ADAM_EPSILON = 1e-8  # transformers.TrainingArguments.adam_epsilon, which TR
 
 
 def run_ours(job: dict) -> dict:
-    from pipeline.ppo.algorithm import PpoSettings, train_ppo
+    from pipeline.settings import PpoSettings
+    from pipeline.ppo.algorithm import train_ppo
 
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
@@ -227,7 +228,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.training.base_model import render_prompt
+    from pipeline.training.chat_format import render_prompt
     from pipeline.data.records import load_data
 
     trl_python = ensure_trl_venv()

@@ -1,6 +1,7 @@
 """The quality gates as Dagster asset checks: blocking, ERROR severity, thresholds in check config.
 
-Every check is a thin wrapper around a plain function in `quality_gates/`. Thresholds are the
+Every check is a thin wrapper around a plain function in `quality_gates/`, which gets the check's
+config narrowed to its settings model (`pipeline.settings.settings_from`). Thresholds are the
 check's run config (its op is named `<asset>_<check>`), for example:
 
     ops:
@@ -26,6 +27,7 @@ import dagster as dg
 from pipeline.data.records import load_data, read_jsonl
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import settings_from
 from pipeline.storage.contract import DATA_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE, RM_EVAL_FILE
 from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
 from quality_gates.leak import LeakSettings, find_eval_leaks
@@ -106,7 +108,7 @@ def dedup_check(asset_name: str) -> dg.AssetChecksDefinition:
     def _dedup(context: dg.AssetCheckExecutionContext, config: DedupConfig, data: Path) -> dg.AssetCheckResult:
         records = load_data(data)
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
-        report = find_duplicates(records, fields, config)
+        report = find_duplicates(records, fields, settings_from(config, DedupSettings))
         passed = len(report.exact) <= config.max_exact_duplicates and len(report.near) <= config.max_near_duplicates
         summary = (
             f"{len(report.exact)} exact and {len(report.near)} near-duplicate records among {len(records)} "
@@ -146,7 +148,7 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
         records = load_data(data)
         evaluation = [r["prompt"] for r in load_data(eval_prompts)]
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
-        leaks = find_eval_leaks(records, fields, evaluation, config)
+        leaks = find_eval_leaks(records, fields, evaluation, settings_from(config, LeakSettings))
         passed = len(leaks) <= config.max_leaked_records
         summary = f"{len(leaks)} of {len(records)} training records contain one of {len(evaluation)} evaluation prompts"
         context.log.info(f"{asset_name} eval_leak: {summary}")
@@ -172,7 +174,7 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
 def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBiasConfig, data: Path) -> dg.AssetCheckResult:
     pairs = load_data(data)
     stats = measure_length_bias(pairs)
-    problems = length_bias_violations(stats, config)
+    problems = length_bias_violations(stats, settings_from(config, LengthBiasSettings))
     summary = _summary(context, problems, (
         f"fraction_chosen_longer={stats['fraction_chosen_longer']:.3f}, "
         f"length_label_correlation={stats['length_label_correlation']:.3f} within bounds"
@@ -197,7 +199,7 @@ def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBias
 @reusable_gate
 def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMarginConfig, model_dir: Path) -> dg.AssetCheckResult:
     rm_eval = json.loads((Path(model_dir) / RM_EVAL_FILE).read_text())
-    problems = reward_margin_violations(rm_eval, config)
+    problems = reward_margin_violations(rm_eval, settings_from(config, RewardMarginSettings))
     n_held_out = rm_eval.get("n_held_out")
     severity = gate_severity(problems, "ERROR", n_held_out, config.min_held_out_pairs, "held-out pairs")
     summary = _summary(context, problems, (
@@ -232,8 +234,9 @@ def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConf
     if not summary_file.exists():
         raise dg.Failure(f"ppo_policy artifact {policy_dir} has no {PPO_SUMMARY_FILE}; the guard has nothing to check")
     summary = json.loads(summary_file.read_text())
-    problems = ppo_guard_violations(summary, config)
-    bound = kl_bound_for(summary, config)
+    settings = settings_from(config, PpoGuardSettings)
+    problems = ppo_guard_violations(summary, settings)
+    bound = kl_bound_for(summary, settings)
     n_answers = summary.get("n_eval_answers")
     severity = gate_severity(problems, config.severity, n_answers, config.min_eval_answers, "evaluation answers")
     text = _summary(context, problems, (

@@ -7,16 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.evaluation.evaluate import (
-    MODELS,
-    Answer,
-    EvaluationSettings,
-    bootstrap_mean_ci,
-    checker_outcomes,
-    rm_outcomes,
-    summarise,
-    win_rate,
-)
+from pipeline.settings import EvaluationSettings
+from pipeline.evaluation.evaluate import MODELS, Answer, bootstrap_mean_ci, checker_outcomes, rm_outcomes, summarise, win_rate
 from pipeline.evaluation.judges import (
     JUDGE_TEMPLATE,
     CompletionJudge,
@@ -272,7 +264,7 @@ def _normalised(text):
 
 def test_no_eval_prompt_occurs_in_any_training_asset_on_the_default_data():
     from assets.data import EvalPromptsConfig, PpoPromptsConfig, PreferenceDataConfig, SftDataConfig
-    from pipeline.training.base_model import PretrainSettings
+    from pipeline.settings import PretrainSettings
     from pipeline.data.generator import preference_records, pretraining_text, prompt_records, sft_records
 
     eval_config = EvalPromptsConfig()

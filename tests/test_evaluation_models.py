@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipeline.data.generator import pretraining_text, prompt_records
-from pipeline.evaluation.evaluate import EvaluationSettings, evaluate, kl_to_reference, sample_for_kl, sequence_logprob_sums
+from pipeline.settings import EvaluationSettings
+from pipeline.evaluation.evaluate import evaluate, kl_to_reference, sample_for_kl, sequence_logprob_sums
 from pipeline.evaluation.judges import HeuristicJudge, judge_pairs
 
 FAST_SETTINGS = {"max_new_tokens": 6, "n_bootstrap": 200, "kl_samples_per_prompt": 2, "batch_size": 4, "device": "cpu"}
@@ -19,7 +20,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """base, sft, ppo (sft with perturbed weights) and a random scalar-head RM, sharing one tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.settings import TinyModelSpec
+    from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
     tokenizer = train_tokenizer(pretraining_text(60, 0), vocab_size=512)

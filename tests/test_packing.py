@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+from pipeline.settings import TinyModelSpec
+from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 from pipeline.data.generator import pretraining_text, prompt_records
 from pipeline.training.logprobs import position_ids_for
 from pipeline.training.packing import first_fit_decreasing, pack

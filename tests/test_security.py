@@ -57,7 +57,8 @@ def test_remote_code_never_enabled_by_a_literal():
 
 
 def _tiny_pickle_only_checkpoint(directory: Path) -> Path:
-    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.settings import TinyModelSpec
+    from pipeline.training.base_model import build_tiny_llama, train_tokenizer
     from pipeline.data.generator import pretraining_text
 
     tokenizer = train_tokenizer(pretraining_text(30, 0), vocab_size=400)

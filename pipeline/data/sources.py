@@ -30,45 +30,17 @@ from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from pipeline.data.conversations import check_messages, split_final_answer, transcript_prompt
 from pipeline.data.records import REQUIRED_FIELDS, DataError, read_records, validate_records
+from pipeline.settings import DataFormat, SourceSettings
 
 logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
 HUB_ID_SHAPE = re.compile(r"[\w.-]+/[\w-]+")  # owner/name without a file suffix
-DataFormat = Literal["records", "hh_rlhf", "ultrafeedback", "tldr", "messages"]
 TLDR_INSTRUCTION = "Summarize this Reddit post in a sentence or two."
 HH_TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-class SourceSettings(BaseModel):
-    """Where a data asset's records come from; the data assets' configs extend this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: str | None = Field(
-        None,
-        description="a .jsonl/.parquet/.csv file, a `datasets` save_to_disk directory, or `hub:<owner>/<name>`; "
-        "empty: the built-in generator",
-    )
-    format: DataFormat = Field("records", description="records | hh_rlhf | ultrafeedback | tldr | messages")
-    split: str | None = Field(
-        None, description="dataset split (hub or saved DatasetDict); default `train`. Hub slices like `train[:2000]` work"
-    )
-    subset: str | None = Field(None, description="hub dataset configuration name")
-    data_dir: str | None = Field(None, description="hub dataset sub-directory, e.g. `harmless-base` for HH-RLHF")
-    dataset_revision: str | None = Field(None, description="pin the hub dataset to a branch, tag or commit")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="the format's field name -> the source's column name"
-    )
-    max_records: int | None = Field(None, gt=0, description="keep only the first N rows of the source")
-    on_bad_row: Literal["error", "skip"] = Field(
-        "error", description="`error` stops at the first bad row; `skip` leaves bad rows out and reports them"
-    )
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pipeline.training.generation import load_causal_lm
 from pipeline.evaluation.judges import PairwiseJudge, judge_pairs
 from pipeline.data.tasks import check_answer
 from pipeline.evaluation.report import MODELS
-from pipeline.settings import EvaluationSettings  # re-exported
+from pipeline.settings import EvaluationSettings
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from pipeline.training.base_model import render_prompt
+from pipeline.training.chat_format import render_prompt
 from pipeline.training.device import select_device, torch_cpu_threads
 from pipeline.training.packing import PackedSequences
 from pipeline.ppo.summary import mean_or_nan

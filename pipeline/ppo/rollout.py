@@ -18,7 +18,7 @@ from functools import cached_property
 
 import torch
 
-from pipeline.training.base_model import render_prompt
+from pipeline.training.chat_format import render_prompt
 from pipeline.training.logprobs import position_ids_for
 from pipeline.training.packing import PackedSequences, pack
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.training.base_model import ROLE_MARKERS, render_prompt
+from pipeline.training.chat_format import ROLE_MARKERS, render_prompt
 
 
 @dataclass(frozen=True)

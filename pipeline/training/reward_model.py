@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from pipeline.training.base_model import render_prompt
+from pipeline.data.records import split_held_out
+from pipeline.settings import RewardSettings
+from pipeline.training.chat_format import render_prompt
 from pipeline.training.device import select_device
 from pipeline.training.logprobs import position_ids_for
-from pipeline.training.sft import split_held_out
-from pipeline.settings import RewardSettings  # re-exported
+from pipeline.training.trained_model import save_trained_model
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +171,7 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
             {"step": log["step"], "loss": log["loss"], "accuracy": log.get("accuracy")}
             for log in trainer.state.log_history if "loss" in log
         ]
-    model = trainer.model.eval()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    model = save_trained_model(trainer, tokenizer, output_dir)
     metrics = evaluate_reward_model(model, tokenizer, held_out or train, settings)
     metrics.update({
         "train_loss": result.training_loss,

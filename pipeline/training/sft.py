@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -11,28 +10,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.training.base_model import render_prompt
-from pipeline.data.conversations import AssistantTurns, assistant_turn_examples
-
+from pipeline.data.conversations import assistant_turn_examples
+from pipeline.data.records import split_held_out
+from pipeline.settings import AssistantTurns, SftSettings
+from pipeline.storage.checkpoints import TrainingScratch
+from pipeline.training.chat_format import render_prompt
 from pipeline.training.device import select_device
 from pipeline.training.generation import generate
-from pipeline.orchestration.launchers import save_trained_model
-from pipeline.storage.checkpoints import TrainingScratch
-from pipeline.settings import SftSettings  # re-exported
+from pipeline.training.trained_model import save_trained_model
 
 logger = logging.getLogger(__name__)
-
-
-def split_held_out(records: Sequence[dict[str, Any]], fraction: float, seed: int):
-    """Deterministic train / held-out split; the held-out part has at least one record."""
-    indices = list(range(len(records)))
-    random.Random(f"split:{seed}").shuffle(indices)
-    n_held_out = max(1, round(len(records) * fraction)) if fraction > 0 else 0
-    held_out = [records[i] for i in sorted(indices[:n_held_out])]
-    train = [records[i] for i in sorted(indices[n_held_out:])]
-    if not train:
-        raise ValueError(f"{len(records)} records leave nothing to train on with held_out_fraction={fraction}")
-    return train, held_out
 
 
 def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant_turns: AssistantTurns = "all"):
