@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from pipeline.data import generator as data_generator
+from pipeline.data import generator
 from pipeline.data.records import write_jsonl
 from pipeline.data.sources import load_source
 from pipeline.evaluation.markdown import markdown_table
@@ -110,7 +110,7 @@ def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts
     if config.source:
         records, source = _user_records(context, config, "sft")
     else:
-        records, source = data_generator.sft_records(config.n_records, config.seed, config.explanation_fraction), None
+        records, source = generator.sft_records(config.n_records, config.seed, config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt", "completion"), source)
 
 
@@ -124,7 +124,7 @@ def preference_data(
     if config.source:
         records, source = _user_records(context, config, "preference")
     else:
-        records, source = data_generator.preference_records(config.n_records, config.seed, config.explanation_fraction), None
+        records, source = generator.preference_records(config.n_records, config.seed, config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt", "chosen", "rejected"), source)
 
 
@@ -136,7 +136,7 @@ def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, art
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:
-        records, source = data_generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction), None
+        records, source = generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt",), source)
 
 
@@ -148,5 +148,5 @@ def eval_prompts(context: dg.AssetExecutionContext, config: EvalPromptsConfig, a
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:
-        records, source = data_generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction), None
+        records, source = generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt",), source)

@@ -1,6 +1,7 @@
 """The evaluation report: base vs SFT vs PPO on the held-out `eval_prompts`, and a WARN check for regressions."""
 
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def evaluation_report(
         return record_in_dvc(context, reused)
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.evaluation.judges import build_judge
-    from pipeline.evaluation.report import compare_with_previous, read_training_metrics, write_report
+    from pipeline.evaluation.report import assessment, compare_with_previous, read_training_metrics, write_report
 
     settings = settings_from(config, EvaluationSettings)
     records = load_data(eval_prompts)
@@ -62,33 +63,39 @@ def evaluation_report(
         {"base": base_model, "sft": sft_checkpoint, "ppo": ppo_policy}, reward_model, records,
         settings, judge, log=context.log.info,
     )
-    result["inputs"] = {
-        "base_model": str(base_model), "sft_checkpoint": str(sft_checkpoint), "ppo_policy": str(ppo_policy),
-        "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
-    }
-    result["settings"] = settings.model_dump()
+    result = dataclasses.replace(
+        result,
+        inputs={
+            "base_model": str(base_model), "sft_checkpoint": str(sft_checkpoint), "ppo_policy": str(ppo_policy),
+            "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
+        },
+        settings=settings.model_dump(),
+    )
     training_rows, training_note = read_training_metrics(ppo_policy / PPO_METRICS_FILE)
     if training_note:
         context.log.warning(training_note)
     comparison = None
     if previous:
-        comparison = {**compare_with_previous(result, json.loads(previous[0].read_text())), "previous_path": str(previous[0].parent)}
+        comparison = {
+            **compare_with_previous(result.summary_dict(), json.loads(previous[0].read_text())),
+            "previous_path": str(previous[0].parent),
+        }
     with artifacts.store().stage("evaluation_report") as staged:
         markdown = write_report(result, staged.path, training_rows, training_note, comparison)
     path = staged.path
-    models, ppo_vs_sft = result["models"], result["win_rates"]["ppo_vs_sft"]
+    models, ppo_vs_sft = result.models, result.win_rates["ppo_vs_sft"]
     metadata = {
-        "assessment": result["assessment"],
-        "ppo_vs_sft_win_rate_rm": ppo_vs_sft["reward_model"]["rate"],
-        "ppo_vs_sft_win_rate_checker": ppo_vs_sft["rule_checker"]["rate"],
-        "ppo_vs_sft_win_rate_judge": ppo_vs_sft["pairwise_judge"]["rate"],
-        "kl_ppo_vs_sft": result["kl_ppo_vs_sft"],
-        "judge": result["judge"],
-        "n_prompts": result["n_prompts"],
-        "n_verifiable": result["n_verifiable"],
-        **{f"rm_score_{m}": models[m]["rm_score_mean"] for m in models},
-        **{f"checker_accuracy_{m}": models[m]["checker_accuracy"] for m in models},
-        **{f"format_adherence_{m}": models[m]["format_adherence"] for m in models},
+        "assessment": assessment(result),
+        "ppo_vs_sft_win_rate_rm": ppo_vs_sft.reward_model.rate,
+        "ppo_vs_sft_win_rate_checker": ppo_vs_sft.rule_checker.rate,
+        "ppo_vs_sft_win_rate_judge": ppo_vs_sft.pairwise_judge.rate,
+        "kl_ppo_vs_sft": result.kl.mean if result.kl else None,
+        "judge": result.judge,
+        "n_prompts": result.n_prompts,
+        "n_verifiable": result.n_verifiable,
+        **{f"rm_score_{m}": models[m].rm_score_mean for m in models},
+        **{f"checker_accuracy_{m}": models[m].checker_accuracy for m in models},
+        **{f"format_adherence_{m}": models[m].format_adherence for m in models},
         "n_regressions_vs_previous": len(comparison["regressions"]) if comparison else 0,
         "report": dg.MetadataValue.md(markdown),
         "report_md": dg.MetadataValue.path(str(path / REPORT_MD)),

@@ -87,7 +87,7 @@ def main() -> None:
         "models": source, "n_prompts": len(records), "cpu_threads": args.cpu_threads,
         "wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2),
         "load_average_1min": os.getloadavg()[0],
-        "mean_length": {m: round(result["models"][m]["mean_length"], 1) for m in ("base", "sft", "ppo")},
+        "mean_length": {m: round(result.models[m].mean_length, 1) for m in ("base", "sft", "ppo")},
     }, indent=2))
 
 

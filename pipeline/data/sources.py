@@ -16,7 +16,7 @@ Formats (`format`) and the data kinds they produce:
 | `messages` | final assistant turn of `messages` | - | context of `messages` |
 
 Every record is checked here (row numbers count data rows from 1 as they come out of the source)
-and once more by `data_io.validate_records`, so a bad row fails with an error naming the source,
+and once more by `records.validate_records`, so a bad row fails with an error naming the source,
 the row and the field, or, with `on_bad_row: skip`, is left out and counted.
 """
 

@@ -33,10 +33,7 @@ from typing import Any
 
 import torch
 
-from pipeline.training.chat_format import render_prompt
-from pipeline.training.device import select_device, torch_cpu_threads
-from pipeline.training.packing import PackedSequences
-from pipeline.ppo.summary import mean_or_nan
+from pipeline.data.statistics import mean_or_nan
 from pipeline.ppo.rollout import (
     encode_prompts,
     pack_rollout,
@@ -48,6 +45,9 @@ from pipeline.ppo.rollout import (
 )
 from pipeline.settings import PpoSettings
 from pipeline.storage.contract import PPO_CURVES_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE
+from pipeline.training.chat_format import render_prompt
+from pipeline.training.device import select_device, torch_cpu_threads
+from pipeline.training.packing import PackedSequences
 
 logger = logging.getLogger(__name__)
 
@@ -221,14 +221,12 @@ class ReferencePolicy:
     @torch.inference_mode()
     def logprobs(self, packed: PackedSequences, temperature: float) -> torch.Tensor:
         """log pi_ref(y_t | x, y_<t) of every real response token, (N,)."""
-        if self.reference is not None:
-            return response_logprobs_packed(self.reference, packed, temperature)
-        with self.policy.disable_adapter():
-            return response_logprobs_packed(self.policy, packed, temperature)
+        with self.module() as reference:
+            return response_logprobs_packed(reference, packed, temperature)
 
     @contextlib.contextmanager
-    def sampler(self):
-        """The module to sample SFT answers from (the LoRA adapter stays off while it is in use)."""
+    def module(self):
+        """The module that is pi_ref, to sample SFT answers from or score them (the LoRA adapter stays off meanwhile)."""
         if self.reference is not None:
             yield self.reference
             return
@@ -345,7 +343,8 @@ def train_ppo(
 def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step, choice):
     from accelerate import Accelerator
 
-    from pipeline.ppo.summary import evaluate_against_reference, plot_training_curves, save_models
+    from pipeline.ppo.curves import plot_training_curves
+    from pipeline.ppo.summary import evaluate_against_reference, save_models
 
     if settings.minibatch_size > settings.batch_size or settings.batch_size % settings.minibatch_size:
         raise ValueError(f"batch_size={settings.batch_size} must be a multiple of minibatch_size={settings.minibatch_size}")

@@ -15,9 +15,8 @@ from pipeline.data.records import split_held_out
 from pipeline.settings import AssistantTurns, SftSettings
 from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
-from pipeline.training.device import select_device
 from pipeline.training.generation import generate
-from pipeline.training.trained_model import save_trained_model
+from pipeline.training.trainers import save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -45,30 +44,16 @@ def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant
 def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_checkpoints: bool = False):
     from trl import SFTConfig
 
-    choice = select_device(settings.device)
     return SFTConfig(
-        output_dir=output_dir,
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        **trainer_arguments(settings, output_dir),
         per_device_eval_batch_size=settings.batch_size,
-        max_length=settings.max_length,
         completion_only_loss=True,
         packing=False,
-        warmup_steps=settings.warmup_ratio,
         weight_decay=settings.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=5,
-        eval_strategy="no",
         save_strategy="steps" if save_checkpoints else "no",
         save_steps=settings.checkpoint_every_steps,
         # Two, not one: if the process dies while writing the newest, the one before is complete.
         save_total_limit=2,
-        report_to="none",
-        seed=settings.seed,
-        use_cpu=choice.device.type == "cpu",
-        bf16=choice.use_bf16,
-        dataloader_num_workers=0,
         dataset_num_proc=None,
         do_eval=has_eval,
     )

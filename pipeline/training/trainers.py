@@ -1,13 +1,40 @@
-"""Saving what a TRL trainer trained, in one process or gathered from the shards of `accelerate launch`.
+"""What SFT and the reward model share around TRL's trainers: their common arguments, and saving what they trained.
 
-SFT and the reward model both end with `save_trained_model(trainer, tokenizer, output_dir)`.
+Both build their trainer's config from `trainer_arguments(settings, output_dir)` plus their own
+options, and both end with `save_trained_model(trainer, tokenizer, output_dir)`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from pipeline.settings import RewardSettings, SftSettings
+from pipeline.training.device import select_device
 
 TRAINING_ARGS_FILE = "training_args.bin"  # a pickle the HF Trainer saves with the model; not part of our artifacts
+
+
+def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -> dict[str, Any]:
+    """The arguments both trainers take from their settings: a cosine schedule with warmup, a log line
+    every 5 steps, no evaluation or reporting inside the trainer, and the device's precision."""
+    choice = select_device(settings.device)
+    return {
+        "output_dir": output_dir,
+        "learning_rate": settings.learning_rate,
+        "num_train_epochs": settings.epochs,
+        "per_device_train_batch_size": settings.batch_size,
+        "max_length": settings.max_length,
+        "warmup_steps": settings.warmup_ratio,
+        "lr_scheduler_type": "cosine",
+        "logging_steps": 5,
+        "eval_strategy": "no",
+        "report_to": "none",
+        "seed": settings.seed,
+        "use_cpu": choice.device.type == "cpu",
+        "bf16": choice.use_bf16,
+        "dataloader_num_workers": 0,
+    }
 
 
 def save_trained_model(trainer, tokenizer, output_dir: Path):
