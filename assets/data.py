@@ -7,7 +7,6 @@ file, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`: se
 
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import dagster as dg

@@ -26,9 +26,9 @@ def latest(root: Path, asset: str) -> Path | None:
 def random_default_models(out: Path) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification
 
+    from pipeline.data.generator import pretraining_text
     from pipeline.settings import TinyModelSpec
     from pipeline.training.base_model import build_tiny_llama, train_tokenizer
-    from pipeline.data.generator import pretraining_text
 
     spec = TinyModelSpec()
     tokenizer = train_tokenizer(pretraining_text(300, 0), spec.vocab_size)
@@ -53,10 +53,10 @@ def main() -> None:
 
     from pipeline.data.generator import prompt_records
     from pipeline.data.records import load_data
-    from pipeline.settings import EvaluationSettings
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.evaluation.judges import HeuristicJudge
     from pipeline.evaluation.report import read_training_metrics, write_report
+    from pipeline.settings import EvaluationSettings
     from pipeline.storage.contract import PPO_METRICS_FILE
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:

@@ -179,11 +179,11 @@ def plain_trl_sft(base_dir: Path, sft_data_dir: Path, profile: dict[str, Any], o
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.training.chat_format import render_prompt
     from pipeline.data.records import load_data
-    from pipeline.training.generation import generate
     from pipeline.data.records import split_held_out
     from pipeline.settings import SftSettings
+    from pipeline.training.chat_format import render_prompt
+    from pipeline.training.generation import generate
 
     settings = _settings(profile, "sft_checkpoint", SftSettings)
     started = time.perf_counter()
@@ -225,11 +225,11 @@ def plain_trl_reward(sft_dir: Path, preference_dir: Path, profile: dict[str, Any
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from pipeline.training.chat_format import render_prompt
     from pipeline.data.records import load_data
-    from pipeline.settings import RewardSettings
-    from pipeline.training.reward_model import score
     from pipeline.data.records import split_held_out
+    from pipeline.settings import RewardSettings
+    from pipeline.training.chat_format import render_prompt
+    from pipeline.training.reward_model import score
 
     settings = _settings(profile, "reward_model", RewardSettings)
     started = time.perf_counter()

@@ -137,8 +137,8 @@ def generation_throughput(policy_dir: Path, prompts: list[str], batch_size: int,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.training.device import select_device
     from pipeline.ppo.rollout import encode_prompts, sample_responses
+    from pipeline.training.device import select_device
 
     choice = select_device("auto")
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)

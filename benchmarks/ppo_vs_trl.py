@@ -42,8 +42,8 @@ TRL_ADAM_EPSILON = 1e-8  # transformers.TrainingArguments.adam_epsilon, which TR
 
 
 def run_ours(job: dict) -> dict:
-    from pipeline.settings import PpoSettings
     from pipeline.ppo.algorithm import train_ppo
+    from pipeline.settings import PpoSettings
 
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
@@ -229,8 +229,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.training.chat_format import render_prompt
     from pipeline.data.records import load_data
+    from pipeline.training.chat_format import render_prompt
 
     trl_python = ensure_trl_venv()
     sft = args.sft_checkpoint or latest_artifact(args.artifacts_root, "sft_checkpoint")

@@ -20,6 +20,7 @@ from pipeline.settings import AssistantTurns
 ROLES = ("system", "user", "assistant")
 TRANSCRIPT_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
+
 def check_messages(value: Any, source: str | Path, row: int, field: str) -> list[dict[str, str]]:
     """A clean copy of a conversation, ending at its last assistant turn.
 

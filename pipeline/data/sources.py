@@ -28,11 +28,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pipeline.data.conversations import check_messages, split_final_answer, transcript_prompt
 from pipeline.data.records import REQUIRED_FIELDS, DataError, read_records, validate_records
-from pipeline.settings import DataFormat, SourceSettings
+from pipeline.settings import SourceSettings
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ No torch here: the report imports this module, and the report's regression check
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.training.generation import Generation

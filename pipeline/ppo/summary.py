@@ -23,6 +23,7 @@ from pipeline.ppo.rollout import (
 )
 from pipeline.storage.contract import VALUE_MODEL_DIR
 
+
 @torch.no_grad()
 def evaluate_against_reference(
     policy, reference_policy, reward_model, tokenizer, prompts: Sequence[str], settings, device: torch.device

@@ -19,6 +19,7 @@ from pipeline.training.chat_format import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PA
 
 logger = logging.getLogger(__name__)
 
+
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
     """A byte-level BPE tokenizer with distinct special tokens and the project's chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
