@@ -24,6 +24,7 @@ run: install
 	$(BIN)/dagster job execute -m pipeline.definitions -j rlhf_pipeline $(if $(RUN_CONFIG),-c $(RUN_CONFIG))
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

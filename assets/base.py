@@ -7,16 +7,14 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipeline.settings import PretrainSettings, TinyModelSpec
-from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.evaluation.markdown import markdown_table
-from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
-
-MODEL_NAME_FILE = "model_name.txt"
-PROBE_FILE = "generation_probe.jsonl"
-PROBE_REPORT = "base_probe.md"
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import PretrainSettings, TinyModelSpec, settings_from
+from pipeline.storage.contract import MODEL_NAME_FILE, PROBE_FILE, PROBE_REPORT
 
 
 class BaseModelConfig(dg.Config, TinyModelSpec, PretrainSettings):
@@ -38,7 +36,7 @@ class BaseProbeConfig(dg.Config):
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """The base checkpoint (HF `save_pretrained` directory with its tokenizer)."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     from pipeline.training.base_model import build_default_base_model, load_pretrained, resolved_revision
     from pipeline.training.device import select_device
 
@@ -58,8 +56,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
                 context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
 
         model, tokenizer, losses = build_default_base_model(
-            TinyModelSpec(**config.model_dump(include=set(TinyModelSpec.model_fields))),
-            PretrainSettings(**config.model_dump(include=set(PretrainSettings.model_fields))),
+            settings_from(config, TinyModelSpec),
+            settings_from(config, PretrainSettings),
             device,
             on_progress,
         )
@@ -71,14 +69,15 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
         model.save_pretrained(staged.path)
         tokenizer.save_pretrained(staged.path)
         (staged.path / MODEL_NAME_FILE).write_text(name + "\n")
-        write_model_card(staged.path)
+        write_model_card(context, staged.path)
     n_params = sum(p.numel() for p in model.parameters())
-    return artifact_output(staged.path, {
+    output = artifact_output(context, staged.path, {
         "model_name": name,
         "n_parameters": n_params,
         "vocab_size": len(tokenizer),
         **metadata,
     })
+    return record_in_dvc(context, output)
 
 
 @dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
@@ -87,7 +86,7 @@ def base_probe(
 ) -> dg.Output:
     """The base model's answers to a fixed probe prompt set (held-out phrasings)."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     from pipeline.data.generator import PROBE_PROMPTS
     from pipeline.training.device import select_device
     from pipeline.training.generation import generate, load_causal_lm
@@ -105,8 +104,9 @@ def base_probe(
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         (staged.path / PROBE_REPORT).write_text(report)
-    return artifact_output(staged.path, {
+    output = artifact_output(context, staged.path, {
         "n_prompts": len(rows),
         "ends_with_eos_rate": sum(r["ended_with_eos"] for r in rows) / len(rows),
         "probe": dg.MetadataValue.md(report),
     })
+    return record_in_dvc(context, output)

@@ -7,21 +7,20 @@ file, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`: se
 
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from pipeline.data import generator as data_generator
-from pipeline.data.records import read_jsonl, write_jsonl
-from pipeline.data.sources import SourceSettings, load_source
+from pipeline.data import generator
+from pipeline.data.records import write_jsonl
+from pipeline.data.sources import load_source
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
-
-DATA_FILE = "data.jsonl"
-STATS_FILE = "stats.json"
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import SourceSettings, settings_from
+from pipeline.storage.contract import DATA_FILE, STATS_FILE
 
 
 class DataSourceConfig(dg.Config, SourceSettings):
@@ -48,11 +47,6 @@ class EvalPromptsConfig(DataSourceConfig):
     n_records: int = Field(48, gt=0)
 
 
-def load_data(path: Path) -> list[dict[str, Any]]:
-    """The records of a data asset's artifact directory."""
-    return read_jsonl(Path(path) / DATA_FILE)
-
-
 def _length_stats(records: list[dict[str, Any]], field: str) -> dict[str, float]:
     lengths = sorted(len(r[field]) for r in records)
     return {f"{field}_chars_mean": sum(lengths) / len(lengths), f"{field}_chars_max": lengths[-1]}
@@ -73,7 +67,7 @@ def _stats(records: list[dict[str, Any]], text_fields: tuple[str, ...]) -> dict[
 
 def _user_records(context: dg.AssetExecutionContext, config: DataSourceConfig, kind: str) -> tuple[list[dict[str, Any]], str]:
     """Records from the configured source, and a label saying where they came from and what was skipped."""
-    loaded = load_source(config, kind)
+    loaded = load_source(settings_from(config, SourceSettings), kind)
     label = loaded.description
     if loaded.skipped:
         label += f"; {len(loaded.skipped)} of {loaded.n_rows_read} rows skipped as bad"
@@ -98,23 +92,24 @@ def _materialize_data(
         write_jsonl(records, staged.path / DATA_FILE)
         (staged.path / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     context.log.info(f"{asset_name}: {len(records)} records from {stats['source']} -> {staged.path}")
-    return artifact_output(staged.path, {
+    output = artifact_output(context, staged.path, {
         "n_records": len(records),
         "source": stats["source"],
         "stats": dg.MetadataValue.json(stats),
         "preview": dg.MetadataValue.md(markdown_table(records[:5], columns=text_fields, max_chars=100)),
     })
+    return record_in_dvc(context, output)
 
 
 @dg.asset(group_name="data", code_version="1", kinds={"jsonl"})
 def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Instruction/answer pairs (prompt, completion) for supervised fine-tuning."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "sft")
     else:
-        records, source = data_generator.sft_records(config.n_records, config.seed, config.explanation_fraction), None
+        records, source = generator.sft_records(config.n_records, config.seed, config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt", "completion"), source)
 
 
@@ -124,11 +119,11 @@ def preference_data(
 ) -> dg.Output:
     """(prompt, chosen, rejected) pairs for the reward model; rejected answers fail in varied ways."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "preference")
     else:
-        records, source = data_generator.preference_records(config.n_records, config.seed, config.explanation_fraction), None
+        records, source = generator.preference_records(config.n_records, config.seed, config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt", "chosen", "rejected"), source)
 
 
@@ -136,11 +131,11 @@ def preference_data(
 def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Prompts the policy answers during PPO rollouts."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:
-        records, source = data_generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction), None
+        records, source = generator.prompt_records(config.n_records, config.seed, "ppo", config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt",), source)
 
 
@@ -148,9 +143,9 @@ def ppo_prompts(context: dg.AssetExecutionContext, config: PpoPromptsConfig, art
 def eval_prompts(context: dg.AssetExecutionContext, config: EvalPromptsConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     """Held-out evaluation prompts, disjoint from every training set."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     if config.source:
         records, source = _user_records(context, config, "prompts")
     else:
-        records, source = data_generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction), None
+        records, source = generator.prompt_records(config.n_records, config.seed, "eval", config.explanation_fraction), None
     return _materialize_data(context, artifacts, records, ("prompt",), source)

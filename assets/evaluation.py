@@ -1,16 +1,28 @@
 """The evaluation report: base vs SFT vs PPO on the held-out `eval_prompts`, and a WARN check for regressions."""
 
 
+import dataclasses
 import json
 from pathlib import Path
 
 import dagster as dg
 
-from assets.data import load_data
-from pipeline.settings import EvaluationSettings
-from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.data.records import load_data
 from pipeline.orchestration.execution import gpu_op_tags
-from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, ArtifactStoreResource, artifact_output
+from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.materializations import latest_artifact_paths
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import EvaluationSettings, settings_from
+from pipeline.storage.contract import (
+    EVAL_JSON,
+    LENGTH_HISTOGRAMS_PNG,
+    PPO_METRICS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    TRAINING_CURVES_PNG,
+    WIN_RATES_PNG,
+)
 
 
 class EvaluationReportConfig(dg.Config, EvaluationSettings):
@@ -19,16 +31,8 @@ class EvaluationReportConfig(dg.Config, EvaluationSettings):
 
 def recent_reports(instance: dg.DagsterInstance, asset_key: dg.AssetKey, limit: int) -> list[Path]:
     """eval.json of the latest `limit` materializations of the report, newest first (missing files skipped)."""
-    from pipeline.evaluation.report import EVAL_JSON
-
-    records = instance.fetch_materializations(asset_key, limit=limit).records
-    paths = []
-    for record in records:
-        materialization = record.asset_materialization
-        entry = materialization.metadata.get(ARTIFACT_PATH_KEY) if materialization else None
-        if entry is not None and (Path(str(entry.value)) / EVAL_JSON).is_file():
-            paths.append(Path(str(entry.value)) / EVAL_JSON)
-    return paths
+    reports = (path / EVAL_JSON for path in latest_artifact_paths(instance, asset_key, limit))
+    return [report for report in reports if report.is_file()]
 
 
 @dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})
@@ -45,50 +49,53 @@ def evaluation_report(
     """`final_eval.md`, `report.html` with plots, `eval.json`: RM scores, checker accuracy, win rates by three
     judges with 95% intervals, KL of PPO to SFT, and reward-hacking spot checks."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     from pipeline.evaluation.evaluate import evaluate
     from pipeline.evaluation.judges import build_judge
-    from pipeline.ppo.algorithm import METRICS_FILE as PPO_METRICS_FILE
-    from pipeline.evaluation.report import (
-        EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG,
-        compare_with_previous, read_training_metrics, write_report,
-    )
+    from pipeline.evaluation.report import assessment, compare_with_previous, read_training_metrics, write_report
 
+    settings = settings_from(config, EvaluationSettings)
     records = load_data(eval_prompts)
-    judge = build_judge(config.judge_model, config.custom_judge, config.judge_max_new_tokens, config.device)
+    judge = build_judge(settings.judge_model, settings.custom_judge, settings.judge_max_new_tokens, settings.device)
     # Looked up before this run's materialization exists, so the latest one is the previous report.
     previous = recent_reports(context.instance, context.asset_key, limit=1)
     result = evaluate(
         {"base": base_model, "sft": sft_checkpoint, "ppo": ppo_policy}, reward_model, records,
-        config, judge, log=context.log.info,
+        settings, judge, log=context.log.info,
     )
-    result["inputs"] = {
-        "base_model": str(base_model), "sft_checkpoint": str(sft_checkpoint), "ppo_policy": str(ppo_policy),
-        "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
-    }
-    result["settings"] = config.model_dump()
+    result = dataclasses.replace(
+        result,
+        inputs={
+            "base_model": str(base_model), "sft_checkpoint": str(sft_checkpoint), "ppo_policy": str(ppo_policy),
+            "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
+        },
+        settings=settings.model_dump(),
+    )
     training_rows, training_note = read_training_metrics(ppo_policy / PPO_METRICS_FILE)
     if training_note:
         context.log.warning(training_note)
     comparison = None
     if previous:
-        comparison = {**compare_with_previous(result, json.loads(previous[0].read_text())), "previous_path": str(previous[0].parent)}
+        comparison = {
+            **compare_with_previous(result.summary_dict(), json.loads(previous[0].read_text())),
+            "previous_path": str(previous[0].parent),
+        }
     with artifacts.store().stage("evaluation_report") as staged:
         markdown = write_report(result, staged.path, training_rows, training_note, comparison)
     path = staged.path
-    models, ppo_vs_sft = result["models"], result["win_rates"]["ppo_vs_sft"]
+    models, ppo_vs_sft = result.models, result.win_rates["ppo_vs_sft"]
     metadata = {
-        "assessment": result["assessment"],
-        "ppo_vs_sft_win_rate_rm": ppo_vs_sft["reward_model"]["rate"],
-        "ppo_vs_sft_win_rate_checker": ppo_vs_sft["rule_checker"]["rate"],
-        "ppo_vs_sft_win_rate_judge": ppo_vs_sft["pairwise_judge"]["rate"],
-        "kl_ppo_vs_sft": result["kl_ppo_vs_sft"],
-        "judge": result["judge"],
-        "n_prompts": result["n_prompts"],
-        "n_verifiable": result["n_verifiable"],
-        **{f"rm_score_{m}": models[m]["rm_score_mean"] for m in models},
-        **{f"checker_accuracy_{m}": models[m]["checker_accuracy"] for m in models},
-        **{f"format_adherence_{m}": models[m]["format_adherence"] for m in models},
+        "assessment": assessment(result),
+        "ppo_vs_sft_win_rate_rm": ppo_vs_sft.reward_model.rate,
+        "ppo_vs_sft_win_rate_checker": ppo_vs_sft.rule_checker.rate,
+        "ppo_vs_sft_win_rate_judge": ppo_vs_sft.pairwise_judge.rate,
+        "kl_ppo_vs_sft": result.kl.mean if result.kl else None,
+        "judge": result.judge,
+        "n_prompts": result.n_prompts,
+        "n_verifiable": result.n_verifiable,
+        **{f"rm_score_{m}": models[m].rm_score_mean for m in models},
+        **{f"checker_accuracy_{m}": models[m].checker_accuracy for m in models},
+        **{f"format_adherence_{m}": models[m].format_adherence for m in models},
         "n_regressions_vs_previous": len(comparison["regressions"]) if comparison else 0,
         "report": dg.MetadataValue.md(markdown),
         "report_md": dg.MetadataValue.path(str(path / REPORT_MD)),
@@ -100,7 +107,8 @@ def evaluation_report(
     if (path / TRAINING_CURVES_PNG).is_file():
         metadata["plot_ppo_training_curves"] = dg.MetadataValue.path(str(path / TRAINING_CURVES_PNG))
     # Dagster metadata floats must be numbers; an undefined value (e.g. no verifiable prompts) is left out.
-    return artifact_output(path, {k: v for k, v in metadata.items() if v is not None})
+    output = artifact_output(context, path, {k: v for k, v in metadata.items() if v is not None})
+    return record_in_dvc(context, output)
 
 
 @dg.asset_check(

@@ -5,13 +5,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.data import load_data
-from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
-from pipeline.orchestration.model_card import write_model_card
-from pipeline.settings import PpoSettings
+from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import PpoSettings, settings_from
+from pipeline.storage.contract import PPO_CURVES_FILE
 from quality_gates.refusal import refuse_if_input_gates_failed
 
 PPO_CODE_VERSION = "1"
@@ -32,37 +34,37 @@ def ppo_policy(
 ) -> dg.Output:
     """PPO policy (HF directory) + `value_model/`, `ppo_train_metrics.jsonl`, `ppo_summary.json`, `training_curves.png`."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
-    from pipeline.ppo.algorithm import CURVES_FILE, train_ppo
+        return record_in_dvc(context, reused)
+    from pipeline.ppo.algorithm import train_ppo
     from pipeline.storage.checkpoints import checkpoint_key, training_scratch
 
     refuse_if_input_gates_failed(context)
+    settings = settings_from(config, PpoSettings)
     prompts = [record["prompt"] for record in load_data(ppo_prompts)]
     context.log.info(f"PPO on {len(prompts)} prompts from {ppo_prompts}")
     store = artifacts.store()
     key = checkpoint_key(
-        PpoSettings(**config.model_dump()),
-        {"sft_checkpoint": sft_checkpoint, "reward_model": reward_model, "ppo_prompts": ppo_prompts},
+        [settings], {"sft_checkpoint": sft_checkpoint, "reward_model": reward_model, "ppo_prompts": ppo_prompts},
     )
     # Checkpoints outlive a killed run (a re-run with this key resumes) and go once the artifact is committed.
     with training_scratch(store, "ppo_policy", key) as checkpoints, store.stage("ppo_policy") as staged:
         if checkpoints.resume_from is not None:
             context.log.info(f"resuming PPO from {checkpoints.resume_from} (a previous run was interrupted)")
         summary = train_ppo(
-            sft_checkpoint, reward_model, prompts, staged.path, config, checkpoint_dir=checkpoints.directory,
+            sft_checkpoint, reward_model, prompts, staged.path, settings, checkpoint_dir=checkpoints.directory,
             on_step=lambda record: context.log.info(
                 f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
                 f"response length {record['response_length']:.1f}"
             ),
         )
-        write_model_card(staged.path)
-    if summary["kl_to_sft"] > config.kl_bound:
-        context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={config.kl_bound}")
-    return artifact_output(staged.path, {
+        write_model_card(context, staged.path)
+    if summary["kl_to_sft"] > settings.kl_bound:
+        context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={settings.kl_bound}")
+    output = artifact_output(context, staged.path, {
         "rm_score_sft": summary["rm_score_sft"],
         "rm_score_ppo": summary["rm_score_ppo"],
         "kl_to_sft": summary["kl_to_sft"],
-        "kl_bound": config.kl_bound,
+        "kl_bound": settings.kl_bound,
         "response_length_sft": summary["response_length_sft"],
         "response_length_ppo": summary["response_length_ppo"],
         "response_length_ratio": summary["response_length_ratio"],
@@ -70,6 +72,7 @@ def ppo_policy(
         "episodes": summary["episodes"],
         "episodes_per_second": summary["episodes_per_second"],
         "resumed_from_step": summary["resumed_from_step"],
-        "training_curves": dg.MetadataValue.path(str(staged.path / CURVES_FILE)),
+        "training_curves": dg.MetadataValue.path(str(staged.path / PPO_CURVES_FILE)),
         "samples": dg.MetadataValue.md(markdown_table(summary["samples"], max_chars=200)),
     })
+    return record_in_dvc(context, output)

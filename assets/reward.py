@@ -6,16 +6,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.data import load_data
-from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
-from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import RewardSettings, settings_from
+from pipeline.storage.contract import RM_EVAL_FILE
 from quality_gates.refusal import refuse_if_input_gates_failed
-from pipeline.settings import RewardSettings
-
-RM_EVAL_FILE = "rm_eval.json"
 
 
 class RewardModelConfig(dg.Config, RewardSettings):
@@ -32,22 +32,23 @@ def reward_model(
 ) -> dg.Output:
     """Scalar-head reward model with `rm_eval.json`: held-out accuracy, margin, calibration, dropped pairs."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     from pipeline.training.reward_model import train_reward_model
 
     refuse_if_input_gates_failed(context)
+    settings = settings_from(config, RewardSettings)
     pairs = load_data(preference_data)
     context.log.info(f"reward model on {len(pairs)} pairs from {preference_data}")
     with artifacts.store().stage("reward_model") as staged:
-        metrics = train_reward_model(sft_checkpoint, pairs, staged.path, config)
+        metrics = train_reward_model(sft_checkpoint, pairs, staged.path, settings)
         (staged.path / RM_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        write_model_card(staged.path)
+        write_model_card(context, staged.path)
     if metrics["n_dropped_too_long"]:
         context.log.warning(
             f"{metrics['n_dropped_too_long']} of {metrics['n_train']} training pairs exceed "
-            f"max_length={config.max_length} tokens and were dropped by the trainer"
+            f"max_length={settings.max_length} tokens and were dropped by the trainer"
         )
-    return artifact_output(staged.path, {
+    output = artifact_output(context, staged.path, {
         "held_out_accuracy": metrics["held_out_accuracy"],
         "mean_margin": metrics["mean_margin"],
         "reward_length_correlation": metrics["reward_length_correlation"],
@@ -57,3 +58,4 @@ def reward_model(
         "calibration": dg.MetadataValue.md(markdown_table(metrics["calibration"])),
         "accuracy_by_failure_mode": dg.MetadataValue.json(metrics["accuracy_by_failure_mode"]),
     })
+    return record_in_dvc(context, output)

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.data import load_data
-from pipeline.orchestration.execution import gpu_op_tags
+from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
-from pipeline.orchestration.launchers import PIPES_CLIENT_KEY, LaunchSettings
-from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
+from pipeline.orchestration.launchers import PIPES_CLIENT_KEY
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import LaunchSettings, SftSettings, settings_from
+from pipeline.storage.contract import SFT_CURVES_FILE, SFT_EVAL_FILE
 from quality_gates.refusal import refuse_if_input_gates_failed
-from pipeline.settings import SftSettings
-
-SFT_EVAL_FILE = "sft_eval.json"
-SFT_CURVES_FILE = "loss_curves.png"
 
 
 class SftConfig(dg.Config, SftSettings, LaunchSettings):
@@ -36,34 +35,33 @@ def sft_checkpoint(
 ) -> dg.Output:
     """SFT policy (HF directory) with `sft_eval.json`: train and held-out loss, format adherence, samples."""
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
-    from pipeline.training.sft import train_sft
+        return record_in_dvc(context, reused)
     from pipeline.storage.checkpoints import checkpoint_key, training_scratch
+    from pipeline.training.sft import plot_loss_curves, train_sft
 
     refuse_if_input_gates_failed(context)
+    settings, launch = settings_from(config, SftSettings), settings_from(config, LaunchSettings)
     records = load_data(sft_data)
     context.log.info(f"SFT on {len(records)} records from {sft_data}")
     store = artifacts.store()
-    key = checkpoint_key(config, {"base_model": base_model, "sft_data": sft_data})
+    key = checkpoint_key([settings, launch], {"base_model": base_model, "sft_data": sft_data})
     # Checkpoints outlive a killed run (the next run with this key resumes) and go once the artifact is committed.
     with training_scratch(store, "sft_checkpoint", key) as checkpoints, store.stage("sft_checkpoint") as staged:
         if checkpoints.resume_from is not None:
             context.log.info(f"resuming SFT from {checkpoints.resume_from} (a previous run was interrupted)")
-        if config.launcher == "accelerate":  # N GPUs (DDP / DeepSpeed / FSDP) through Dagster Pipes
+        if launch.launcher == "accelerate":  # N GPUs (DDP / DeepSpeed / FSDP) through Dagster Pipes
             from pipeline.orchestration.launchers import run_under_accelerate
 
             metrics = run_under_accelerate(
                 context, pipes_subprocess_client, "sft_checkpoint", {"base_model": base_model, "checkpoints": checkpoints},
-                records, staged.path, SftSettings(**config.model_dump(include=set(SftSettings.model_fields))), config,
+                records, staged.path, settings, launch,
             )
         else:
-            metrics = train_sft(base_model, records, staged.path, config, checkpoints)
+            metrics = train_sft(base_model, records, staged.path, settings, checkpoints)
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        from pipeline.training.sft import plot_loss_curves
-
         has_curves = plot_loss_curves(metrics, staged.path / SFT_CURVES_FILE)
-        write_model_card(staged.path)
-    return artifact_output(staged.path, {
+        write_model_card(context, staged.path)
+    output = artifact_output(context, staged.path, {
         "train_loss": metrics["train_loss"],
         "held_out_loss_before": metrics["held_out_loss_before"],
         "held_out_loss": metrics["held_out_loss"],
@@ -72,7 +70,8 @@ def sft_checkpoint(
         "n_held_out": metrics["n_held_out"],
         "total_steps": metrics["total_steps"],
         "resumed_from_step": metrics["resumed_from_step"],
-        "launcher": config.launcher if config.launcher == "in_process" else f"accelerate x{config.num_processes} ({config.distributed})",
+        "launcher": launch.launcher if launch.launcher == "in_process" else f"accelerate x{launch.num_processes} ({launch.distributed})",
         "samples": dg.MetadataValue.md(markdown_table(metrics["samples"], max_chars=200)),
         **({"loss_curves": dg.MetadataValue.path(str(staged.path / SFT_CURVES_FILE))} if has_curves else {}),
     })
+    return record_in_dvc(context, output)

@@ -26,8 +26,9 @@ def latest(root: Path, asset: str) -> Path | None:
 def random_default_models(out: Path) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
     from pipeline.data.generator import pretraining_text
+    from pipeline.settings import TinyModelSpec
+    from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 
     spec = TinyModelSpec()
     tokenizer = train_tokenizer(pretraining_text(300, 0), spec.vocab_size)
@@ -51,10 +52,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.data.generator import prompt_records
-    from pipeline.data.records import read_jsonl
-    from pipeline.evaluation.evaluate import EvaluationSettings, evaluate
+    from pipeline.data.records import load_data
+    from pipeline.evaluation.evaluate import evaluate
     from pipeline.evaluation.judges import HeuristicJudge
     from pipeline.evaluation.report import read_training_metrics, write_report
+    from pipeline.settings import EvaluationSettings
+    from pipeline.storage.contract import PPO_METRICS_FILE
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:
         scratch = Path(scratch)
@@ -67,7 +70,7 @@ def main() -> None:
             if missing:
                 raise SystemExit(f"no artifacts for {missing} under {root}")
             prompts_dir = latest(root, "eval_prompts")
-            records = read_jsonl(prompts_dir / "data.jsonl") if prompts_dir else prompt_records(48, 0, "eval")
+            records = load_data(prompts_dir) if prompts_dir else prompt_records(48, 0, "eval")
             source = f"latest artifacts under {root}"
         else:
             dirs = random_default_models(scratch / "models")
@@ -77,14 +80,14 @@ def main() -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         result = evaluate({k: dirs[k] for k in ("base", "sft", "ppo")}, dirs["reward_model"], records, settings,
                           HeuristicJudge(), log=lambda message: print(f"  {time.perf_counter() - wall:6.1f}s {message}"))
-        rows, note = read_training_metrics(dirs["ppo"] / "ppo_train_metrics.jsonl")
+        rows, note = read_training_metrics(dirs["ppo"] / PPO_METRICS_FILE)
         write_report(result, scratch / "report", rows, note, None)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(json.dumps({
         "models": source, "n_prompts": len(records), "cpu_threads": args.cpu_threads,
         "wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2),
         "load_average_1min": os.getloadavg()[0],
-        "mean_length": {m: round(result["models"][m]["mean_length"], 1) for m in ("base", "sft", "ppo")},
+        "mean_length": {m: round(result.models[m].mean_length, 1) for m in ("base", "sft", "ppo")},
     }, indent=2))
 
 

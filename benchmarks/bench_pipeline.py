@@ -103,6 +103,8 @@ def run_timing(home: Path, run_id: str | None = None) -> dict[str, Any]:
     """A run's (default: the latest's) step durations, run duration, and which assets it computed or reused."""
     import dagster as dg
 
+    from pipeline.storage.contract import REUSED_FROM_RUN_KEY
+
     with dg.DagsterInstance.from_config(str(home)) as instance:
         run = instance.get_run_by_id(run_id) if run_id else instance.get_runs(limit=1)[0]
         stats = instance.get_run_stats(run.run_id)
@@ -120,7 +122,7 @@ def run_timing(home: Path, run_id: str | None = None) -> dict[str, Any]:
             elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 materialization = event.event_specific_data.materialization
                 name = materialization.asset_key.to_user_string()
-                (reused if "reused_from_run" in materialization.metadata else computed).append(name)
+                (reused if REUSED_FROM_RUN_KEY in materialization.metadata else computed).append(name)
     return {
         "run_id": run.run_id,
         "status": run.status.value,
@@ -135,9 +137,10 @@ def run_timing(home: Path, run_id: str | None = None) -> dict[str, Any]:
 def artifact_of(home: Path, asset: str) -> Path:
     import dagster as dg
 
+    from pipeline.orchestration.materializations import artifact_path_of, latest_materialization
+
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        record = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records[0]
-        return Path(str(record.asset_materialization.metadata["artifact_path"].value))
+        return artifact_path_of(latest_materialization(instance, asset))
 
 
 def benchmark_executor(profile: dict[str, Any], executor: str, workdir: Path, code_dir: Path) -> dict[str, Any]:
@@ -176,16 +179,17 @@ def plain_trl_sft(base_dir: Path, sft_data_dir: Path, profile: dict[str, Any], o
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from pipeline.training.base_model import render_prompt
-    from pipeline.data.records import read_jsonl
+    from pipeline.data.records import load_data
+    from pipeline.data.records import split_held_out
+    from pipeline.settings import SftSettings
+    from pipeline.training.chat_format import render_prompt
     from pipeline.training.generation import generate
-    from pipeline.training.sft import SftSettings, split_held_out
 
     settings = _settings(profile, "sft_checkpoint", SftSettings)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    train, held_out = split_held_out(read_jsonl(sft_data_dir / "data.jsonl"), settings.held_out_fraction, settings.seed)
+    train, held_out = split_held_out(load_data(sft_data_dir), settings.held_out_fraction, settings.seed)
 
     def dataset(records):
         return Dataset.from_dict({"prompt": [render_prompt(tokenizer, r["prompt"]) for r in records],
@@ -221,17 +225,18 @@ def plain_trl_reward(sft_dir: Path, preference_dir: Path, profile: dict[str, Any
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from pipeline.training.base_model import render_prompt
-    from pipeline.data.records import read_jsonl
-    from pipeline.training.reward_model import RewardSettings, score
-    from pipeline.training.sft import split_held_out
+    from pipeline.data.records import load_data
+    from pipeline.data.records import split_held_out
+    from pipeline.settings import RewardSettings
+    from pipeline.training.chat_format import render_prompt
+    from pipeline.training.reward_model import score
 
     settings = _settings(profile, "reward_model", RewardSettings)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    train, held_out = split_held_out(read_jsonl(preference_dir / "data.jsonl"), settings.held_out_fraction, settings.seed)
+    train, held_out = split_held_out(load_data(preference_dir), settings.held_out_fraction, settings.seed)
     dataset = Dataset.from_dict({"prompt": [render_prompt(tokenizer, p["prompt"]) for p in train],
                                  "chosen": [p["chosen"] for p in train], "rejected": [p["rejected"] for p in train]})
     with tempfile.TemporaryDirectory() as scratch:

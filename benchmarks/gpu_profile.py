@@ -106,12 +106,10 @@ def run_stages(defs, run_config: dict[str, Any], stages: list[str], instance) ->
 
 
 def artifact_path(instance, key: str) -> Path | None:
-    import dagster as dg
+    from pipeline.orchestration.materializations import artifact_path_of, latest_materialization
 
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
-    if event is None or event.asset_materialization is None:
-        return None
-    return Path(str(event.asset_materialization.metadata["artifact_path"].value))
+    record = latest_materialization(instance, key)
+    return artifact_path_of(record) if record is not None else None
 
 
 def ppo_step_split(metrics_file: Path) -> dict[str, Any] | None:
@@ -139,8 +137,8 @@ def generation_throughput(policy_dir: Path, prompts: list[str], batch_size: int,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.training.device import select_device
     from pipeline.ppo.rollout import encode_prompts, sample_responses
+    from pipeline.training.device import select_device
 
     choice = select_device("auto")
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -202,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from pipeline import definitions
     from pipeline.orchestration.resources import ArtifactStoreResource
+    from pipeline.storage.contract import PPO_METRICS_FILE
 
     # The same assets, checks and job, writing under this run's own artifacts root.
     defs = dg.Definitions(
@@ -221,12 +220,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "stages": rows,
         }
         ppo_dir = artifact_path(instance, "ppo_policy")
-        if ppo_dir is not None and (ppo_dir / "ppo_train_metrics.jsonl").exists():
-            result["ppo_step_split"] = ppo_step_split(ppo_dir / "ppo_train_metrics.jsonl")
+        if ppo_dir is not None and (ppo_dir / PPO_METRICS_FILE).exists():
+            result["ppo_step_split"] = ppo_step_split(ppo_dir / PPO_METRICS_FILE)
         policy_dir = next((p for p in (artifact_path(instance, k) for k in POLICY_PREFERENCE) if p is not None), None)
         eval_dir = artifact_path(instance, "eval_prompts")
         if policy_dir is not None:
-            from assets.data import load_data
+            from pipeline.data.records import load_data
 
             prompts = [r["prompt"] for r in load_data(eval_dir)] if eval_dir else ["Explain what a reward model is."]
             ppo_config = run_config.get("ops", {}).get("ppo_policy", {}).get("config", {})

@@ -42,7 +42,8 @@ TRL_ADAM_EPSILON = 1e-8  # transformers.TrainingArguments.adam_epsilon, which TR
 
 
 def run_ours(job: dict) -> dict:
-    from pipeline.ppo.algorithm import PpoSettings, train_ppo
+    from pipeline.ppo.algorithm import train_ppo
+    from pipeline.settings import PpoSettings
 
     settings = PpoSettings(
         total_episodes=job["episodes"], batch_size=job["batch_size"], minibatch_size=job["minibatch_size"],
@@ -154,11 +155,13 @@ def latest_artifact(root: Path, asset: str) -> Path:
 def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list[str], args) -> dict[str, float]:
     """On the held-out prompts, with answers sampled at the training temperature by the same code for
     both trainers: the mean RM score of the policy minus the SFT model's, and the policy's KL to SFT
-    (mean over its answers of sum_t log pi(y_t) - log pi_sft(y_t), an unbiased per-answer estimate)."""
+    (`pipeline.ppo.rollout.sequence_kl`, the same measurement as PPO's summary and the evaluation report)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.ppo.rollout import encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
+    from pipeline.ppo.rollout import (
+        encode_prompts, pack_rollout, reward_scores, sample_responses, sequence_kl, sequence_logprobs,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).eval()
@@ -177,9 +180,8 @@ def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list
                 packed = pack_rollout(rollout)
                 scores[name] += reward_scores(reward_model, packed).tolist()
                 if name == "policy":
-                    log_ratio = (response_logprobs_packed(policy, packed, args.temperature)
-                                 - response_logprobs_packed(sft, packed, args.temperature))
-                    kls += packed.to_padded(log_ratio).sum(1).tolist()
+                    kls += sequence_kl(sequence_logprobs(policy, packed, args.temperature),
+                                       sequence_logprobs(sft, packed, args.temperature)).tolist()
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     return {"rm_score_gain": mean(scores["policy"]) - mean(scores["sft"]), "kl_to_sft": mean(kls)}
 
@@ -227,14 +229,14 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.training.base_model import render_prompt
-    from pipeline.data.records import read_jsonl
+    from pipeline.data.records import load_data
+    from pipeline.training.chat_format import render_prompt
 
     trl_python = ensure_trl_venv()
     sft = args.sft_checkpoint or latest_artifact(args.artifacts_root, "sft_checkpoint")
     rm = args.reward_model or latest_artifact(args.artifacts_root, "reward_model")
     prompts_dir = args.ppo_prompts or latest_artifact(args.artifacts_root, "ppo_prompts")
-    prompts = [r["prompt"] for r in read_jsonl(prompts_dir / "data.jsonl")]
+    prompts = [r["prompt"] for r in load_data(prompts_dir)]
     train_prompts, eval_prompts = prompts[: -args.eval_prompts], prompts[-args.eval_prompts :]
     tokenizer = AutoTokenizer.from_pretrained(sft)
     job = {

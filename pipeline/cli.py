@@ -88,7 +88,8 @@ def run_leaks(args: argparse.Namespace) -> int:
 
 
 def run_length_drift(args: argparse.Namespace) -> int:
-    from pipeline.orchestration.lineage import PPO_METRICS_FILE, artifact_of, length_drift
+    from pipeline.orchestration.lineage import artifact_of, length_drift
+    from pipeline.storage.contract import PPO_METRICS_FILE
 
     if args.metrics:
         metrics_path = Path(args.metrics)
@@ -112,19 +113,21 @@ def run_length_drift(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
+    from pipeline.orchestration.lineage import materialization_record
+    from pipeline.orchestration.materializations import artifact_path_of, content_hash_of
+    from pipeline.storage.contract import CURRENT_DIR_NAME
     from pipeline.storage.dvc import restore_version
-    from pipeline.orchestration.lineage import materialization_record, metadata_value
 
     failed = 0
     with open_instance() as instance:
         for asset in args.assets:
-            metadata = materialization_record(instance, asset).asset_materialization.metadata
-            path = Path(metadata_value(metadata.get("artifact_path")))
-            if restore_version(path, metadata_value(metadata.get("content_hash"))):
+            record = materialization_record(instance, asset)
+            path = artifact_path_of(record)
+            if restore_version(path, content_hash_of(record)):
                 print(f"{asset}: {path}")
             else:
                 failed += 1
-                print(f"{asset}: cannot restore {path}: {path.parent / 'current'} does not hold that version "
+                print(f"{asset}: cannot restore {path}: {path.parent / CURRENT_DIR_NAME} does not hold that version "
                       "(`dvc pull` with the dvc.lock of that run, or re-materialize)", file=sys.stderr)
     return 1 if failed else 0
 

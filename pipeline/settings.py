@@ -1,19 +1,61 @@
-"""Every stage's settings, as plain pydantic models (no torch, no transformers).
+"""Every stage's settings, as plain pydantic models (no torch, no transformers, nothing else of the pipeline).
 
-The assets' typed configs extend these (`class PpoConfig(dg.Config, PpoSettings)`), so the code
-location imports them when it loads; keeping them free of heavy imports makes every `dagster` and
-`rlhf` command, the web UI's code server and each multiprocess step start without importing torch,
-which only the stages that train or generate load. Each stage module re-exports its settings
-(`from pipeline.ppo.algorithm import PpoSettings` works).
+The config pattern, the same for every asset and check:
+
+- what library code reads is a settings model here (`PpoSettings`, `SourceSettings`, ...);
+- the asset's typed config extends it (`class PpoConfig(dg.Config, PpoSettings)`), plus fields that
+  only the asset itself reads (e.g. a data asset's generator `seed`);
+- the asset narrows its config back to the settings with `settings_from(config, PpoSettings)` before
+  it calls library code, which never sees a `dg.Config`.
+
+Settings live only here (no module re-exports them). The code location imports them when it loads,
+so keeping them light makes every `dagster` and `rlhf` command, the web UI's code server and each
+multiprocess step start without importing torch, which only the stages that train or generate load.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.data.conversations import AssistantTurns
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def settings_from(config: BaseModel, settings_type: type[Settings]) -> Settings:
+    """The `settings_type` part of an asset's config (which extends it), as a plain settings model."""
+    return settings_type.model_validate(config.model_dump(include=set(settings_type.model_fields)))
+
+
+# --- data sources (sft_data, preference_data, ppo_prompts, eval_prompts) ----------------
+
+DataFormat = Literal["records", "hh_rlhf", "ultrafeedback", "tldr", "messages"]
+
+
+class SourceSettings(BaseModel):
+    """Where a data asset's records come from (`pipeline.data.sources`); the data assets' configs extend this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str | None = Field(
+        None,
+        description="a .jsonl/.parquet/.csv file, a `datasets` save_to_disk directory, or `hub:<owner>/<name>`; "
+        "empty: the built-in generator",
+    )
+    format: DataFormat = Field("records", description="records | hh_rlhf | ultrafeedback | tldr | messages")
+    split: str | None = Field(
+        None, description="dataset split (hub or saved DatasetDict); default `train`. Hub slices like `train[:2000]` work"
+    )
+    subset: str | None = Field(None, description="hub dataset configuration name")
+    data_dir: str | None = Field(None, description="hub dataset sub-directory, e.g. `harmless-base` for HH-RLHF")
+    dataset_revision: str | None = Field(None, description="pin the hub dataset to a branch, tag or commit")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="the format's field name -> the source's column name"
+    )
+    max_records: int | None = Field(None, gt=0, description="keep only the first N rows of the source")
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="`error` stops at the first bad row; `skip` leaves bad rows out and reports them"
+    )
 
 
 # --- base_model -------------------------------------------------------------------------
@@ -47,6 +89,9 @@ class PretrainSettings(BaseModel):
 
 # --- sft --------------------------------------------------------------------------------
 
+AssistantTurns = Literal["all", "last"]
+Distributed = Literal["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+
 
 class SftSettings(BaseModel):
     """SFT hyperparameters; the `sft_checkpoint` asset's config extends this."""
@@ -73,6 +118,24 @@ class SftSettings(BaseModel):
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
+
+
+class LaunchSettings(BaseModel):
+    """How a training asset runs its trainer (`pipeline.orchestration.launchers`); `sft_checkpoint`'s config extends this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    launcher: Literal["in_process", "accelerate"] = Field(
+        "in_process", description="'in_process': train in the step process; 'accelerate': under `accelerate launch` via Dagster Pipes"
+    )
+    num_processes: int = Field(1, gt=0, description="training processes under `accelerate launch`, one per GPU")
+    distributed: Distributed = Field(
+        "ddp", description="data parallel (ddp), DeepSpeed ZeRO stage 2 or 3, or FSDP (v2, full state dict on save)"
+    )
+    accelerate_config_file: str | None = Field(
+        None, description="your own `accelerate config` YAML instead of the generated one (`distributed` is then ignored)"
+    )
+    main_process_port: int | None = Field(None, gt=0, lt=65536, description="rendezvous port when several jobs share a node")
 
 
 # --- reward_model -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The quality gates as Dagster asset checks: blocking, ERROR severity, thresholds in check config.
 
-Every check is a thin wrapper around a plain function in `quality_gates/`. Thresholds are the
+Every check is a thin wrapper around a plain function in `quality_gates/`, which gets the check's
+config narrowed to its settings model (`pipeline.settings.settings_from`). Thresholds are the
 check's run config (its op is named `<asset>_<check>`), for example:
 
     ops:
@@ -23,9 +24,11 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.data.records import read_jsonl
+from pipeline.data.records import load_data, read_jsonl
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.settings import settings_from
+from pipeline.storage.contract import DATA_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE, RM_EVAL_FILE
 from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
 from quality_gates.leak import LeakSettings, find_eval_leaks
 from quality_gates.length_bias import (
@@ -45,10 +48,6 @@ from quality_gates.model_gates import (
 )
 from quality_gates.reuse import reusable_gate
 
-DATA_FILE = "data.jsonl"  # the data assets' record file (assets/data.py writes it)
-RM_EVAL_FILE = "rm_eval.json"
-PPO_SUMMARY_FILE = "ppo_summary.json"
-PPO_METRICS_FILE = "ppo_train_metrics.jsonl"
 FIRST_ROWS = 10  # offending rows shown in a failing check's metadata
 
 # The text a training record carries, prompt first; fields a record lacks are skipped.
@@ -80,10 +79,6 @@ class PpoGuardConfig(dg.Config, PpoGuardSettings):
     pass
 
 
-def _records(data_dir: Path) -> list[dict[str, Any]]:
-    return read_jsonl(Path(data_dir) / DATA_FILE)
-
-
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(rows[:FIRST_ROWS], columns=columns, max_chars=160))
 
@@ -111,9 +106,9 @@ def dedup_check(asset_name: str) -> dg.AssetChecksDefinition:
     ))
     @reusable_gate
     def _dedup(context: dg.AssetCheckExecutionContext, config: DedupConfig, data: Path) -> dg.AssetCheckResult:
-        records = _records(data)
+        records = load_data(data)
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
-        report = find_duplicates(records, fields, config)
+        report = find_duplicates(records, fields, settings_from(config, DedupSettings))
         passed = len(report.exact) <= config.max_exact_duplicates and len(report.near) <= config.max_near_duplicates
         summary = (
             f"{len(report.exact)} exact and {len(report.near)} near-duplicate records among {len(records)} "
@@ -150,10 +145,10 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
     def _eval_leak(
         context: dg.AssetCheckExecutionContext, config: EvalLeakConfig, data: Path, eval_prompts: Path
     ) -> dg.AssetCheckResult:
-        records = _records(data)
-        evaluation = [r["prompt"] for r in _records(eval_prompts)]
+        records = load_data(data)
+        evaluation = [r["prompt"] for r in load_data(eval_prompts)]
         fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
-        leaks = find_eval_leaks(records, fields, evaluation, config)
+        leaks = find_eval_leaks(records, fields, evaluation, settings_from(config, LeakSettings))
         passed = len(leaks) <= config.max_leaked_records
         summary = f"{len(leaks)} of {len(records)} training records contain one of {len(evaluation)} evaluation prompts"
         context.log.info(f"{asset_name} eval_leak: {summary}")
@@ -177,9 +172,9 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
 ))
 @reusable_gate
 def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBiasConfig, data: Path) -> dg.AssetCheckResult:
-    pairs = _records(data)
+    pairs = load_data(data)
     stats = measure_length_bias(pairs)
-    problems = length_bias_violations(stats, config)
+    problems = length_bias_violations(stats, settings_from(config, LengthBiasSettings))
     summary = _summary(context, problems, (
         f"fraction_chosen_longer={stats['fraction_chosen_longer']:.3f}, "
         f"length_label_correlation={stats['length_label_correlation']:.3f} within bounds"
@@ -204,7 +199,7 @@ def length_bias_check(context: dg.AssetCheckExecutionContext, config: LengthBias
 @reusable_gate
 def rm_margin_check(context: dg.AssetCheckExecutionContext, config: RewardMarginConfig, model_dir: Path) -> dg.AssetCheckResult:
     rm_eval = json.loads((Path(model_dir) / RM_EVAL_FILE).read_text())
-    problems = reward_margin_violations(rm_eval, config)
+    problems = reward_margin_violations(rm_eval, settings_from(config, RewardMarginSettings))
     n_held_out = rm_eval.get("n_held_out")
     severity = gate_severity(problems, "ERROR", n_held_out, config.min_held_out_pairs, "held-out pairs")
     summary = _summary(context, problems, (
@@ -239,8 +234,9 @@ def ppo_guard_check(context: dg.AssetCheckExecutionContext, config: PpoGuardConf
     if not summary_file.exists():
         raise dg.Failure(f"ppo_policy artifact {policy_dir} has no {PPO_SUMMARY_FILE}; the guard has nothing to check")
     summary = json.loads(summary_file.read_text())
-    problems = ppo_guard_violations(summary, config)
-    bound = kl_bound_for(summary, config)
+    settings = settings_from(config, PpoGuardSettings)
+    problems = ppo_guard_violations(summary, settings)
+    bound = kl_bound_for(summary, settings)
     n_answers = summary.get("n_eval_answers")
     severity = gate_severity(problems, config.severity, n_answers, config.min_eval_answers, "evaluation answers")
     text = _summary(context, problems, (
@@ -273,7 +269,7 @@ def expectations_check(asset_name: str) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         from quality_gates.expectations import DATA_DOCS_INDEX, validate_with_expectations
 
-        records = _records(data)
+        records = load_data(data)
         with artifacts.store().stage("data_docs") as staged:
             outcome = validate_with_expectations(records, asset_name, staged.path, FIRST_ROWS)
         index_html = staged.path / DATA_DOCS_INDEX

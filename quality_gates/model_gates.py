@@ -56,7 +56,9 @@ def reward_margin_violations(rm_eval: dict[str, Any], settings: RewardMarginSett
     if not margin >= settings.min_mean_margin:
         problems.append(f"mean_margin={margin:.3f} is below {settings.min_mean_margin:.3f}")
     correlation = rm_eval["reward_length_correlation"]
-    if math.isnan(correlation) or abs(correlation) > settings.max_abs_reward_length_correlation:
+    if correlation is None:  # pipeline.data.statistics.pearson_correlation: constant rewards or lengths
+        problems.append("reward_length_correlation is undefined (constant rewards or lengths, or fewer than 3 answers)")
+    elif math.isnan(correlation) or abs(correlation) > settings.max_abs_reward_length_correlation:
         problems.append(
             f"|reward_length_correlation|={abs(correlation):.3f} exceeds {settings.max_abs_reward_length_correlation:.3f}"
         )

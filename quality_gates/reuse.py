@@ -34,8 +34,9 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecord,
 )
 
-from pipeline.orchestration.incremental import REUSED_FROM_RUN_KEY, recompute_requested
-from pipeline.orchestration.lineage import metadata_value
+from pipeline.orchestration.incremental import recompute_requested
+from pipeline.orchestration.materializations import metadata_value
+from pipeline.storage.contract import REUSED_FROM_RUN_KEY
 
 FINGERPRINT_KEY = "gate_fingerprint"
 

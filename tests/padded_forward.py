@@ -2,7 +2,7 @@
 
 import torch
 
-from pipeline.training.logprobs import position_ids_for
+from pipeline.ppo.rollout import position_ids_for
 
 
 def response_logprobs(

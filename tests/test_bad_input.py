@@ -171,7 +171,7 @@ def test_unknown_config_key_is_rejected_before_anything_runs(pipeline_state):
 
 
 def test_library_settings_reject_unknown_keys_and_non_positive_values():
-    from pipeline.training.sft import SftSettings
+    from pipeline.settings import SftSettings
 
     with pytest.raises(pydantic.ValidationError, match="learning_rat\n  Extra inputs are not permitted"):
         SftSettings(learning_rat=1e-3)

@@ -1,9 +1,9 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.training.base_model import (
-    PretrainSettings, TinyModelSpec, build_default_base_model, build_tiny_llama, render_prompt, train_tokenizer,
-)
+from pipeline.settings import PretrainSettings, TinyModelSpec
+from pipeline.training.chat_format import render_prompt
+from pipeline.training.base_model import build_default_base_model, build_tiny_llama, train_tokenizer
 from pipeline.data.generator import pretraining_text
 from pipeline.training.generation import generate
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.records import DataError
-from pipeline.data.sources import SourceSettings, load_source
+from pipeline.settings import SourceSettings
+from pipeline.data.sources import load_source
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HH = str(FIXTURES / "hh_rlhf.jsonl")

@@ -7,9 +7,9 @@ from pathlib import Path
 import dagster as dg
 import transformers
 
-from pipeline.training.base_model import (
-    ASSISTANT, CHAT_TEMPLATE, EOS, TinyModelSpec, build_tiny_llama, load_pretrained, train_tokenizer,
-)
+from pipeline.settings import TinyModelSpec
+from pipeline.training.chat_format import ASSISTANT, CHAT_TEMPLATE, EOS
+from pipeline.training.base_model import build_tiny_llama, load_pretrained, train_tokenizer
 from pipeline.data.generator import pretraining_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -55,7 +55,8 @@ def test_load_pretrained_completes_a_bare_tokenizer_and_never_shrinks_embeddings
 def test_conversational_sft_trains_on_every_assistant_turn_and_nothing_else(tmp_path):
     from trl import SFTTrainer
 
-    from pipeline.training.sft import SftSettings, sft_config, to_prompt_completion
+    from pipeline.settings import SftSettings
+    from pipeline.training.sft import sft_config, to_prompt_completion
 
     tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=SPEC.vocab_size)
     model = build_tiny_llama(tokenizer, SPEC, seed=0)
@@ -87,10 +88,12 @@ def test_conversational_sft_trains_on_every_assistant_turn_and_nothing_else(tmp_
 
 def test_graph_runs_on_fixtures_with_a_local_base_model(tmp_path, tiny_run_config, artifacts_root, dagster_instance):
     from assets.base import base_model
-    from assets.data import eval_prompts, load_data, ppo_prompts, preference_data, sft_data
+    from assets.data import eval_prompts, ppo_prompts, preference_data, sft_data
+    from pipeline.data.records import load_data
     from assets.reward import reward_model
     from assets.sft import sft_checkpoint
-    from pipeline.data.sources import SourceSettings, load_source
+    from pipeline.settings import SourceSettings
+    from pipeline.data.sources import load_source
     from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
     model_dir = save_tiny_model(tmp_path / "local-model")

@@ -7,7 +7,8 @@ import json
 import dagster as dg
 import pytest
 
-from assets.data import DATA_FILE, eval_prompts, ppo_prompts, preference_data, sft_data
+from assets.data import eval_prompts, ppo_prompts, preference_data, sft_data
+from pipeline.storage.contract import DATA_FILE
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 DATA_ASSETS = [sft_data, preference_data, ppo_prompts, eval_prompts]

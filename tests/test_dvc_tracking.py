@@ -11,7 +11,8 @@ import yaml
 from pipeline.storage.artifacts import content_hash
 from pipeline.storage.dvc import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, restore_version, tracking_for
 from pipeline.orchestration.lineage import upstream_tree
-from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 from test_lineage import materialize_toy, toy_data, toy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -167,10 +168,10 @@ def toy_reused(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResour
     from pipeline.orchestration.incremental import reuse_if_unchanged
 
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
     with artifacts.store().stage("toy_reused") as staged:
         (staged.path / "file.txt").write_text("computed once")
-    return artifact_output(staged.path, {})
+    return record_in_dvc(context, artifact_output(context, staged.path, {}))
 
 
 def test_a_reused_artifact_is_recorded_too(dvc_project, dagster_instance, monkeypatch):

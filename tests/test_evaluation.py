@@ -1,5 +1,6 @@
 """Evaluation report library: bootstrap intervals, win rates, judges, report rendering, held-out prompts."""
 
+import dataclasses
 import json
 import math
 import random
@@ -7,16 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.evaluation.evaluate import (
-    MODELS,
-    Answer,
-    EvaluationSettings,
-    bootstrap_mean_ci,
-    checker_outcomes,
-    rm_outcomes,
-    summarise,
-    win_rate,
-)
+from pipeline.evaluation.metrics import bootstrap_mean_ci, checker_outcomes, rm_outcomes, summarise, win_rate
+from pipeline.evaluation.result import MODELS, Answer
 from pipeline.evaluation.judges import (
     JUDGE_TEMPLATE,
     CompletionJudge,
@@ -27,18 +20,9 @@ from pipeline.evaluation.judges import (
     load_judge,
     parse_verdict,
 )
-from pipeline.evaluation.report import (
-    EVAL_JSON,
-    LENGTH_HISTOGRAMS_PNG,
-    REPORT_HTML,
-    REPORT_MD,
-    SECTION_TITLES,
-    TRAINING_CURVES_PNG,
-    WIN_RATES_PNG,
-    compare_with_previous,
-    read_training_metrics,
-    write_report,
-)
+from pipeline.evaluation.report import SECTION_TITLES, compare_with_previous, read_training_metrics, write_report
+from pipeline.settings import EvaluationSettings
+from pipeline.storage.contract import EVAL_JSON, LENGTH_HISTOGRAMS_PNG, REPORT_HTML, REPORT_MD, TRAINING_CURVES_PNG, WIN_RATES_PNG
 
 # --- statistics ------------------------------------------------------------------------------
 
@@ -60,11 +44,11 @@ def test_bootstrap_interval_on_known_inputs():
 
 
 def _answer(prompt="p", response="r", score=0.0, passed=None, n_tokens=5, eos=True):
-    return Answer(prompt, response, n_tokens, len(response), eos, False, score, passed)
+    return Answer(prompt, response, n_tokens, eos, False, score, passed)
 
 
 def test_win_rates_count_ties_half_and_checker_only_judges_verifiable_prompts():
-    assert win_rate([1.0, 0.5, 0.0, 1.0], 500, seed=0) | {"ci95": None} == {
+    assert dataclasses.asdict(win_rate([1.0, 0.5, 0.0, 1.0], 500, seed=0)) | {"ci95": None} == {
         "rate": 0.625, "ci95": None, "n": 4, "wins": 2, "ties": 1, "losses": 1,
     }
     x = [_answer(score=1.0, passed=True), _answer(score=0.0, passed=False), _answer(score=2.0, passed=None)]
@@ -191,18 +175,16 @@ def _synthetic_result(seed=0):
         for i, (x, y) in enumerate((("ppo", "sft"), ("sft", "base"), ("ppo", "base")))
     }
     kl = {"per_sequence": [0.5, 1.0, 1.5, 0.8], "n_tokens": 40}
-    result = summarise(answers, judged, kl, "heuristic", settings)
-    result["inputs"] = {"reward_model": "/rm/1"}
-    return result
+    return dataclasses.replace(summarise(answers, judged, kl, "heuristic", settings), inputs={"reward_model": "/rm/1"})
 
 
 def test_report_renders_every_section_with_plots_and_eval_json(tmp_path):
     result = _synthetic_result()
     training = [{"step": s, "rm_score": 0.1 * s, "total_reward": 0.1 * s - 0.01, "kl": 0.02 * s, "response_length": 20 + s}
                 for s in range(10)]
-    previous = json.loads(json.dumps(result))
+    previous = json.loads(json.dumps(result.to_dict()))
     previous["models"]["ppo"]["checker_accuracy_ci95"] = [0.98, 1.0]
-    comparison = {**compare_with_previous(result, previous), "previous_path": "/old/report"}
+    comparison = {**compare_with_previous(result.to_dict(), previous), "previous_path": "/old/report"}
     markdown = write_report(result, tmp_path, training, None, comparison)
 
     html = (tmp_path / REPORT_HTML).read_text()
@@ -246,7 +228,7 @@ def test_report_without_training_metrics_says_so(tmp_path):
 
 
 def test_regressions_are_flagged_only_beyond_the_intervals():
-    before = _synthetic_result()
+    before = _synthetic_result().to_dict()
     same = compare_with_previous(before, before)
     assert same == {"same_reward_model": True, "regressions": []}
     after = json.loads(json.dumps(before))
@@ -272,7 +254,7 @@ def _normalised(text):
 
 def test_no_eval_prompt_occurs_in_any_training_asset_on_the_default_data():
     from assets.data import EvalPromptsConfig, PpoPromptsConfig, PreferenceDataConfig, SftDataConfig
-    from pipeline.training.base_model import PretrainSettings
+    from pipeline.settings import PretrainSettings
     from pipeline.data.generator import preference_records, pretraining_text, prompt_records, sft_records
 
     eval_config = EvalPromptsConfig()

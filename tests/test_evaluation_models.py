@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pipeline.data.generator import pretraining_text, prompt_records
-from pipeline.evaluation.evaluate import EvaluationSettings, evaluate, kl_to_reference, sample_for_kl, sequence_logprob_sums
+from pipeline.settings import EvaluationSettings
+from pipeline.evaluation.evaluate import evaluate, kl_to_reference, sample_for_kl
+from pipeline.ppo.rollout import sequence_logprobs
 from pipeline.evaluation.judges import HeuristicJudge, judge_pairs
 
 FAST_SETTINGS = {"max_new_tokens": 6, "n_bootstrap": 200, "kl_samples_per_prompt": 2, "batch_size": 4, "device": "cpu"}
@@ -19,7 +21,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """base, sft, ppo (sft with perturbed weights) and a random scalar-head RM, sharing one tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.settings import TinyModelSpec
+    from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
     tokenizer = train_tokenizer(pretraining_text(60, 0), vocab_size=512)
@@ -65,13 +68,13 @@ def test_kl_samples_are_scored_consistently_with_sampling(tiny_models):
     kl = kl_to_reference(samples, sft)
     assert sum(kl["per_sequence"]) > 0 and kl["n_tokens"] > 0
     for rollout in samples.batches:
-        assert torch.equal(sequence_logprob_sums(ppo, rollout), sequence_logprob_sums(ppo, rollout))
+        assert torch.equal(sequence_logprobs(ppo, rollout), sequence_logprobs(ppo, rollout))
 
 
 def test_evaluate_scores_checks_and_judges_every_answer(tiny_models):
     records = prompt_records(6, 0, "eval")
     dirs = {name: tiny_models[name] for name in ("base", "sft", "ppo")}
-    result = evaluate(dirs, tiny_models["reward_model"], records, EvaluationSettings(**FAST_SETTINGS), HeuristicJudge())
+    result = evaluate(dirs, tiny_models["reward_model"], records, EvaluationSettings(**FAST_SETTINGS), HeuristicJudge()).to_dict()
     assert result["n_prompts"] == 6 and result["judge"] == "heuristic"
     n_verifiable = sum(r["kind"] == "verifiable" for r in records)
     assert result["n_verifiable"] == n_verifiable > 0
@@ -112,7 +115,7 @@ class FixedPathsIOManager(dg.IOManager):
 
 def test_asset_writes_report_and_check_compares_with_previous(tiny_models, tmp_path, artifacts_root, dagster_instance):
     from assets.evaluation import evaluation_report, no_regression_vs_previous_report
-    from assets.data import DATA_FILE
+    from pipeline.storage.contract import DATA_FILE
     from pipeline.data.records import write_jsonl
     from pipeline.orchestration.resources import ArtifactStoreResource
 

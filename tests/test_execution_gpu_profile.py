@@ -23,7 +23,7 @@ def _benchmark_module():
 def test_gpu_profile_is_valid_and_builds_a_100m_to_350m_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.training.base_model import TinyModelSpec
+    from pipeline.settings import TinyModelSpec
     from pipeline.definitions import defs
 
     profile = yaml.safe_load(GPU_PROFILE.read_text())

@@ -10,7 +10,8 @@ from accelerate.commands.config.config_args import load_config_from_file
 from transformers import AutoModelForCausalLM
 
 from assets import base, data, sft
-from pipeline.orchestration.launchers import LaunchSettings, accelerate_config, check_launch, launch_command
+from pipeline.settings import LaunchSettings
+from pipeline.orchestration.launchers import accelerate_config, check_launch, launch_command
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 

@@ -19,7 +19,8 @@ import yaml
 
 from pipeline import cli
 from pipeline.definitions import defs
-from pipeline.orchestration.incremental import REUSED_FROM_RUN_KEY, RECOMPUTE_TAG, config_changes, recompute_requested, staleness
+from pipeline.orchestration.incremental import RECOMPUTE_TAG, config_changes, recompute_requested, staleness
+from pipeline.storage.contract import REUSED_FROM_RUN_KEY
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 TINY_PROFILE = Path(__file__).resolve().parents[1] / "pipeline" / "profiles" / "tiny.yaml"

@@ -1,7 +1,7 @@
 """Lineage from Dagster input provenance, model cards, leak-check and length-drift questions, `rlhf` CLI.
 
 Uses two toy assets (a data file and a "model" that reads it) that go through the same
-`artifact_output` / `write_model_card` path as the real assets, so these tests take seconds; the
+`artifact_output` / `record_in_dvc` / `write_model_card` path as the real assets, so these tests take seconds; the
 real pipeline twice over is `test_lineage_pipeline.py`.
 """
 
@@ -14,9 +14,11 @@ import pytest
 
 from pipeline import cli
 from pipeline.orchestration.lineage import LineageError, check_evaluations, length_drift, upstream_tree
-from pipeline.orchestration.model_card import MODEL_CARD_FILE, write_model_card
+from pipeline.orchestration.model_card import write_model_card
+from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.provenance import config_hash, git_state
-from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource, artifact_output
+from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
+from pipeline.storage.contract import MODEL_CARD_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,18 +32,20 @@ class ToyModelConfig(dg.Config):
 
 
 @dg.asset(code_version="1")
-def toy_data(config: ToyDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
+def toy_data(context: dg.AssetExecutionContext, config: ToyDataConfig, artifacts: ArtifactStoreResource) -> dg.Output:
     with artifacts.store().stage("toy_data") as staged:
         (staged.path / "data.txt").write_text(config.text)
-    return artifact_output(staged.path, {"n_chars": len(config.text)})
+    return record_in_dvc(context, artifact_output(context, staged.path, {"n_chars": len(config.text)}))
 
 
 @dg.asset(code_version="1")
-def toy_model(config: ToyModelConfig, toy_data: Path, artifacts: ArtifactStoreResource) -> dg.Output:
+def toy_model(
+    context: dg.AssetExecutionContext, config: ToyModelConfig, toy_data: Path, artifacts: ArtifactStoreResource
+) -> dg.Output:
     with artifacts.store().stage("toy_model") as staged:
         (staged.path / "weights.txt").write_text(f"{config.learning_rate}:{(toy_data / 'data.txt').read_text()}")
-        write_model_card(staged.path)
-    return artifact_output(staged.path, {})
+        write_model_card(context, staged.path)
+    return record_in_dvc(context, artifact_output(context, staged.path, {}))
 
 
 @dg.asset_check(asset=toy_data, name="eval_prompt_leak")

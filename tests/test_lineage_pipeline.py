@@ -19,7 +19,7 @@ from pipeline.cli import asset_graph_of_definitions
 from pipeline.definitions import defs
 from pipeline.storage.dvc import DvcTracking, dvc_yaml_for_graph
 from pipeline.orchestration.lineage import upstream_tree
-from pipeline.orchestration.model_card import MODEL_CARD_FILE
+from pipeline.storage.contract import MODEL_CARD_FILE
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 pytestmark = pytest.mark.slow

@@ -4,13 +4,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+from pipeline.settings import TinyModelSpec
+from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 from pipeline.data.generator import pretraining_text, prompt_records
-from pipeline.training.logprobs import position_ids_for
 from pipeline.training.packing import first_fit_decreasing, pack
 from pipeline.ppo.algorithm import clipped_policy_loss, clipped_value_loss, entropy_from_log_softmax
 from pipeline.ppo.rollout import (
     encode_prompts,
+    position_ids_for,
     pack_rollout,
     response_log_softmax,
     response_logprobs_packed,

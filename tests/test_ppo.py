@@ -8,15 +8,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import pipeline.ppo.algorithm as ppo
-from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+from pipeline.settings import TinyModelSpec
+from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 from pipeline.data.generator import pretraining_text, prompt_records
-from pipeline.ppo.algorithm import (
-    PpoSettings,
-    generalized_advantages,
-    per_token_kl,
-    per_token_rewards,
-    train_ppo,
-)
+from pipeline.settings import PpoSettings
+from pipeline.ppo.algorithm import generalized_advantages, per_token_kl, per_token_rewards, train_ppo
 from pipeline.ppo.rollout import (
     encode_prompts,
     reward_scores,
@@ -219,7 +215,8 @@ def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_model
 
     from pipeline.data.records import write_jsonl
     from pipeline.definitions import defs
-    from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, ArtifactIOManager, ArtifactStoreResource
+    from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
+    from pipeline.storage.contract import ARTIFACT_PATH_KEY
 
     sft_dir, rm_dir, prompts = tiny_models
     prompts_dir = artifacts_root / "ppo_prompts" / "given"

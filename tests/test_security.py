@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.storage.artifacts import ArtifactStore
-from pipeline.storage.safety import REDACTED, UnsafePathError, confined_path, redact_metadata, redact_secrets, redact_text
+from pipeline.orchestration.outputs import redact_metadata
+from pipeline.storage.safety import REDACTED, UnsafePathError, confined_path, redact_secrets, redact_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("pipeline", "assets", "quality_gates")
@@ -56,7 +57,8 @@ def test_remote_code_never_enabled_by_a_literal():
 
 
 def _tiny_pickle_only_checkpoint(directory: Path) -> Path:
-    from pipeline.training.base_model import TinyModelSpec, build_tiny_llama, train_tokenizer
+    from pipeline.settings import TinyModelSpec
+    from pipeline.training.base_model import build_tiny_llama, train_tokenizer
     from pipeline.data.generator import pretraining_text
 
     tokenizer = train_tokenizer(pretraining_text(30, 0), vocab_size=400)
@@ -106,13 +108,14 @@ def test_paths_through_symlinks_or_dotdot_are_refused(tmp_path):
 
 def test_a_prefixed_asset_key_cannot_write_outside_its_directory(tmp_path, dagster_instance):
     """Asset keys with a prefix render as `a/b`: not one directory name, so refused, and nothing written."""
-    from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
+    from pipeline.orchestration.outputs import artifact_output
+    from pipeline.orchestration.resources import ArtifactStoreResource
 
     @dg.asset(key=dg.AssetKey(["team", "escaped"]), code_version="1")
     def prefixed(context, artifacts: ArtifactStoreResource):
         with artifacts.store().stage(context.asset_key.to_user_string()) as staged:
             (staged.path / "x.txt").write_text("x")
-        return artifact_output(staged.path, {})
+        return artifact_output(context, staged.path, {})
 
     result = dg.materialize([prefixed], instance=dagster_instance, raise_on_error=False,
                             resources={"artifacts": ArtifactStoreResource(root=str(tmp_path / "artifacts"))})
@@ -151,7 +154,8 @@ def test_redaction_masks_env_secrets_tokens_and_url_credentials(monkeypatch):
 
 def test_materialization_metadata_is_redacted(tmp_path, dagster_instance, monkeypatch):
     """A secret that reaches an asset's config or metadata is masked before Dagster stores it."""
-    from pipeline.orchestration.resources import ArtifactStoreResource, artifact_output
+    from pipeline.orchestration.outputs import artifact_output
+    from pipeline.orchestration.resources import ArtifactStoreResource
 
     monkeypatch.setenv("HF_TOKEN", FAKE_HF_TOKEN)
 
@@ -162,7 +166,7 @@ def test_materialization_metadata_is_redacted(tmp_path, dagster_instance, monkey
     def leaky(context, config: LeakyConfig, artifacts: ArtifactStoreResource):
         with artifacts.store().stage("leaky") as staged:
             (staged.path / "out.txt").write_text("fine\n")
-        return artifact_output(staged.path, {"note": config.note, "env": dict(os.environ)})
+        return artifact_output(context, staged.path, {"note": config.note, "env": dict(os.environ)})
 
     result = dg.materialize(
         [leaky], instance=dagster_instance, resources={"artifacts": ArtifactStoreResource(root=str(tmp_path / "a"))},

@@ -2,9 +2,12 @@ import json
 
 import torch
 
-from pipeline.training.base_model import ASSISTANT, TinyModelSpec, build_tiny_llama, render_prompt, train_tokenizer
 from pipeline.data.generator import pretraining_text, sft_records
-from pipeline.training.sft import SftSettings, sft_config, split_held_out, to_prompt_completion
+from pipeline.data.records import split_held_out
+from pipeline.settings import SftSettings, TinyModelSpec
+from pipeline.training.base_model import build_tiny_llama, train_tokenizer
+from pipeline.training.chat_format import ASSISTANT, render_prompt
+from pipeline.training.sft import sft_config, to_prompt_completion
 
 
 def test_loss_is_on_answer_tokens_only(tmp_path):

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pipeline.data.records import DataError
+from pipeline.settings import AssistantTurns
 
 ROLES = ("system", "user", "assistant")
 TRANSCRIPT_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-AssistantTurns = Literal["all", "last"]
 
 
 def check_messages(value: Any, source: str | Path, row: int, field: str) -> list[dict[str, str]]:

@@ -1,11 +1,15 @@
-"""Reading and writing data records (JSONL, Parquet) with errors that name the file, the row and the field."""
+"""Data records: reading and writing them (JSONL, Parquet) with errors that name the file, the row and the field,
+checking their fields, and splitting off a held-out part."""
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from pipeline.storage.contract import DATA_FILE
 
 # Which fields each kind of data asset needs, and that they must be non-empty strings.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -74,6 +78,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def load_data(artifact_dir: Path) -> list[dict[str, Any]]:
+    """The records of a data asset's artifact directory (sft_data, preference_data, ppo_prompts, eval_prompts)."""
+    return read_jsonl(Path(artifact_dir) / DATA_FILE)
+
+
 def read_parquet(path: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
@@ -124,3 +133,15 @@ def load_user_records(source: str | Path, kind: str) -> list[dict[str, Any]]:
     records = read_records(source)
     validate_records(records, kind, source)
     return records
+
+
+def split_held_out(records: Sequence[dict[str, Any]], fraction: float, seed: int):
+    """Deterministic train / held-out split; the held-out part has at least one record."""
+    indices = list(range(len(records)))
+    random.Random(f"split:{seed}").shuffle(indices)
+    n_held_out = max(1, round(len(records) * fraction)) if fraction > 0 else 0
+    held_out = [records[i] for i in sorted(indices[:n_held_out])]
+    train = [records[i] for i in sorted(indices[n_held_out:])]
+    if not train:
+        raise ValueError(f"{len(records)} records leave nothing to train on with held_out_fraction={fraction}")
+    return train, held_out

@@ -16,7 +16,7 @@ Formats (`format`) and the data kinds they produce:
 | `messages` | final assistant turn of `messages` | - | context of `messages` |
 
 Every record is checked here (row numbers count data rows from 1 as they come out of the source)
-and once more by `data_io.validate_records`, so a bad row fails with an error naming the source,
+and once more by `records.validate_records`, so a bad row fails with an error naming the source,
 the row and the field, or, with `on_bad_row: skip`, is left out and counted.
 """
 
@@ -28,47 +28,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from pipeline.data.conversations import check_messages, split_final_answer, transcript_prompt
 from pipeline.data.records import REQUIRED_FIELDS, DataError, read_records, validate_records
+from pipeline.settings import SourceSettings
 
 logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
 HUB_ID_SHAPE = re.compile(r"[\w.-]+/[\w-]+")  # owner/name without a file suffix
-DataFormat = Literal["records", "hh_rlhf", "ultrafeedback", "tldr", "messages"]
 TLDR_INSTRUCTION = "Summarize this Reddit post in a sentence or two."
 HH_TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-class SourceSettings(BaseModel):
-    """Where a data asset's records come from; the data assets' configs extend this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: str | None = Field(
-        None,
-        description="a .jsonl/.parquet/.csv file, a `datasets` save_to_disk directory, or `hub:<owner>/<name>`; "
-        "empty: the built-in generator",
-    )
-    format: DataFormat = Field("records", description="records | hh_rlhf | ultrafeedback | tldr | messages")
-    split: str | None = Field(
-        None, description="dataset split (hub or saved DatasetDict); default `train`. Hub slices like `train[:2000]` work"
-    )
-    subset: str | None = Field(None, description="hub dataset configuration name")
-    data_dir: str | None = Field(None, description="hub dataset sub-directory, e.g. `harmless-base` for HH-RLHF")
-    dataset_revision: str | None = Field(None, description="pin the hub dataset to a branch, tag or commit")
-    fields: dict[str, str] = Field(
-        default_factory=dict, description="the format's field name -> the source's column name"
-    )
-    max_records: int | None = Field(None, gt=0, description="keep only the first N rows of the source")
-    on_bad_row: Literal["error", "skip"] = Field(
-        "error", description="`error` stops at the first bad row; `skip` leaves bad rows out and reports them"
-    )
 
 
 @dataclass

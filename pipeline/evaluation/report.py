@@ -1,8 +1,10 @@
 """The evaluation report's files: `eval.json`, `final_eval.md`, `report.html` and PNG plots.
 
 The markdown and the HTML page are rendered from one list of sections (text, tables, figures), so
-they always say the same thing. Plots use matplotlib's Agg canvas directly: no display, no global
-pyplot state, safe in a Dagster worker.
+they always say the same thing; each section is built by its own function from the typed
+`EvaluationResult`, by name. Plots use matplotlib's Agg canvas directly: no display, no global
+pyplot state, safe in a Dagster worker. No torch here: the regression check imports this module on
+every run.
 """
 
 from __future__ import annotations
@@ -12,38 +14,42 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.evaluation.markdown import markdown_table
+from pipeline.evaluation.result import JUDGE_KEYS, MODELS, EvaluationResult, PairWinRates
+from pipeline.ppo.curves import REPORT_PANELS, plot_training_curves
+from pipeline.storage.contract import (
+    ANSWERS_FILE,
+    EVAL_JSON,
+    JUDGEMENTS_FILE,
+    LENGTH_HISTOGRAMS_PNG,
+    PLOTS_DIR,
+    PPO_METRICS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    TRAINING_CURVES_PNG,
+    WIN_RATES_PNG,
+)
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("base", "sft", "ppo")  # the models every report compares, in eval.json's `models`
-
-EVAL_JSON = "eval.json"
-REPORT_MD = "final_eval.md"
-REPORT_HTML = "report.html"
-ANSWERS_FILE = "answers.jsonl"
-JUDGEMENTS_FILE = "judgements.jsonl"
-PLOTS_DIR = "plots"
-TRAINING_CURVES_PNG = f"{PLOTS_DIR}/ppo_training_curves.png"
-LENGTH_HISTOGRAMS_PNG = f"{PLOTS_DIR}/length_histograms.png"
-WIN_RATES_PNG = f"{PLOTS_DIR}/win_rates.png"
-
 REPORT_TITLE = "Evaluation report: base vs SFT vs PPO"
+HEADLINE = "Headline"
+PER_MODEL_METRICS = "Per-model metrics"
+WIN_RATES = "Win rates"
+KL_TO_SFT = "KL of PPO to SFT"
+RESPONSE_LENGTHS = "Response lengths"
+TRAINING_CURVES = "PPO training curves"
+TOP_PPO_ANSWERS = "Spot checks: highest-reward PPO answers"
+RM_VS_CHECKER = "Spot checks: reward model vs rule checker (reward-hacking candidates)"
+JUDGE_REASONS = "Judge reasons"
+PREVIOUS_REPORT = "Compared with the previous report"
 SECTION_TITLES = (
-    "Headline",
-    "Per-model metrics",
-    "Win rates",
-    "KL of PPO to SFT",
-    "Response lengths",
-    "PPO training curves",
-    "Spot checks: highest-reward PPO answers",
-    "Spot checks: reward model vs rule checker (reward-hacking candidates)",
-    "Judge reasons",
-    "Compared with the previous report",
+    HEADLINE, PER_MODEL_METRICS, WIN_RATES, KL_TO_SFT, RESPONSE_LENGTHS, TRAINING_CURVES, TOP_PPO_ANSWERS,
+    RM_VS_CHECKER, JUDGE_REASONS, PREVIOUS_REPORT,
 )
 JUDGE_LABELS = {"reward_model": "reward model", "rule_checker": "rule checker", "pairwise_judge": "pairwise judge"}
 
@@ -134,33 +140,6 @@ def _new_figure(width: float, height: float):
     return figure
 
 
-def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
-    """Reward, KL and response length per PPO step; False (and no file) when nothing was logged."""
-    panels = [
-        ("reward", ("rm_score", "total_reward")),
-        ("KL to reference", ("kl",)),
-        ("response length (tokens)", ("response_length",)),
-    ]
-    if not any(isinstance(r.get(k), (int, float)) for r in rows for _, keys in panels for k in keys):
-        return False
-    figure = _new_figure(12, 3.4)
-    axes = figure.subplots(1, len(panels))
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            points = [(r.get("step", i), r[key]) for i, r in enumerate(rows) if isinstance(r.get(key), (int, float))]
-            if points:
-                ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
-        ax.set_title(title)
-        ax.set_xlabel("PPO step")
-        ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return True
-
-
 def plot_length_histograms(lengths: Mapping[str, Sequence[int]], path: Path) -> None:
     figure = _new_figure(4 * len(lengths), 3.2)
     axes = figure.subplots(1, len(lengths), sharex=True, sharey=True)
@@ -176,24 +155,23 @@ def plot_length_histograms(lengths: Mapping[str, Sequence[int]], path: Path) -> 
     figure.savefig(path)
 
 
-def plot_win_rates(win_rates: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> None:
+def plot_win_rates(win_rates: Mapping[str, PairWinRates], path: Path) -> None:
     """Grouped bars per model pair, one bar per judge, with 95% interval whiskers and the 0.5 line."""
     pairs = list(win_rates)
-    judges = list(JUDGE_LABELS)
     figure = _new_figure(7, 3.6)
     ax = figure.subplots()
-    width = 0.8 / len(judges)
-    for j, judge in enumerate(judges):
+    width = 0.8 / len(JUDGE_KEYS)
+    for j, judge in enumerate(JUDGE_KEYS):
         xs, heights, errors = [], [], [[], []]
         for i, pair in enumerate(pairs):
-            entry = win_rates[pair].get(judge, {})
-            if entry.get("rate") is None:
+            entry = win_rates[pair].by_judge()[judge]
+            if entry.rate is None:
                 continue
-            xs.append(i + (j - (len(judges) - 1) / 2) * width)
-            heights.append(entry["rate"])
-            low, high = entry["ci95"]
-            errors[0].append(max(0.0, entry["rate"] - low))
-            errors[1].append(max(0.0, high - entry["rate"]))
+            xs.append(i + (j - (len(JUDGE_KEYS) - 1) / 2) * width)
+            heights.append(entry.rate)
+            low, high = entry.ci95
+            errors[0].append(max(0.0, entry.rate - low))
+            errors[1].append(max(0.0, high - entry.rate))
         if xs:
             ax.bar(xs, heights, width=width, yerr=errors, capsize=3, label=JUDGE_LABELS[judge])
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -201,7 +179,7 @@ def plot_win_rates(win_rates: Mapping[str, Mapping[str, Mapping[str, Any]]], pat
     ax.set_ylim(0, 1.15)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("win rate (ties count half)")
-    ax.legend(fontsize=8, loc="upper center", ncol=len(judges), frameon=False)
+    ax.legend(fontsize=8, loc="upper center", ncol=len(JUDGE_KEYS), frameon=False)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -210,13 +188,13 @@ def plot_win_rates(win_rates: Mapping[str, Mapping[str, Mapping[str, Any]]], pat
 # --- the report's content ----------------------------------------------------------------------
 
 
-def assessment(result: Mapping[str, Any]) -> str:
+def assessment(result: EvaluationResult) -> str:
     """One sentence: did RLHF help, hurt, or hack the reward (PPO vs SFT, by the intervals)."""
-    ppo_vs_sft = result["win_rates"]["ppo_vs_sft"]
-    rm, checker = ppo_vs_sft["reward_model"], ppo_vs_sft["rule_checker"]
-    rm_better = rm["ci95"] is not None and rm["ci95"][0] > 0.5
-    rm_worse = rm["ci95"] is not None and rm["ci95"][1] < 0.5
-    checker_worse = checker["ci95"] is not None and checker["ci95"][1] < 0.5
+    ppo_vs_sft = result.win_rates["ppo_vs_sft"]
+    rm, checker = ppo_vs_sft.reward_model, ppo_vs_sft.rule_checker
+    rm_better = rm.ci95 is not None and rm.ci95[0] > 0.5
+    rm_worse = rm.ci95 is not None and rm.ci95[1] < 0.5
+    checker_worse = checker.ci95 is not None and checker.ci95[1] < 0.5
     if rm_better and checker_worse:
         return ("Possible reward hacking: the reward model prefers PPO over SFT, but the rule checker prefers SFT. "
                 "Read the disagreement spot checks.")
@@ -229,128 +207,173 @@ def assessment(result: Mapping[str, Any]) -> str:
     return "No significant difference between PPO and SFT under the reward model (95% intervals include 0.5)."
 
 
-def _win_rate_rows(win_rates: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def headline_section(result: EvaluationResult) -> Section:
+    models, ppo_vs_sft = result.models, result.win_rates["ppo_vs_sft"]
+    rm, checker, judge = ppo_vs_sft.reward_model, ppo_vs_sft.rule_checker, ppo_vs_sft.pairwise_judge
+    kl_mean, kl_ci = (result.kl.mean, result.kl.ci95) if result.kl else (None, None)
+    return Section(HEADLINE, [
+        assessment(result),
+        f"PPO vs SFT win rate: reward model {fmt(rm.rate)} {fmt_ci(rm.ci95)}, rule checker {fmt(checker.rate)} "
+        f"{fmt_ci(checker.ci95)} (n={checker.n}), {result.judge} judge {fmt(judge.rate)} {fmt_ci(judge.ci95)}.",
+        "Checker accuracy: " + ", ".join(f"{m} {fmt(models[m].checker_accuracy)}" for m in MODELS)
+        + f" (on {result.n_verifiable} verifiable prompts of {result.n_prompts}).",
+        f"KL(PPO || SFT): {fmt(kl_mean)} nats per answer {fmt_ci(kl_ci)}.",
+    ])
+
+
+def per_model_section(result: EvaluationResult) -> Section:
     rows = []
-    for pair, judges in win_rates.items():
-        for judge, entry in judges.items():
-            label = JUDGE_LABELS.get(judge, judge) + (f" ({entry['judge']})" if entry.get("judge") else "")
+    for name in MODELS:
+        m = result.models[name]
+        rows.append({
+            "model": name,
+            "RM score": fmt(m.rm_score_mean), "RM 95% CI": fmt_ci(m.rm_score_ci95),
+            "checker acc.": fmt(m.checker_accuracy), "checker 95% CI": fmt_ci(m.checker_accuracy_ci95),
+            "format": fmt(m.format_adherence), "ends w/ EOS": fmt(m.ends_with_eos_rate),
+            "role markers": fmt(m.role_marker_rate), "mean length": fmt(m.mean_length, 1),
+            "corr(RM, length)": fmt(m.rm_length_correlation),
+        })
+    return Section(PER_MODEL_METRICS, [
+        "Means over the evaluation prompts with 95% percentile-bootstrap intervals (prompts resampled). "
+        "Format adherence: the answer ends with EOS and echoes no chat role marker.",
+        Table(rows),
+    ])
+
+
+def win_rates_section(result: EvaluationResult, figure: str) -> Section:
+    rows = []
+    for pair, judges in result.win_rates.items():
+        for judge, entry in judges.by_judge().items():
+            label = JUDGE_LABELS[judge] + (f" ({entry.judge})" if getattr(entry, "judge", None) else "")
             rows.append({
-                "pair": pair, "judge": label, "win rate": fmt(entry["rate"]), "95% CI": fmt_ci(entry["ci95"]),
-                "wins / ties / losses": f"{entry['wins']} / {entry['ties']} / {entry['losses']}", "n": entry["n"],
+                "pair": pair, "judge": label, "win rate": fmt(entry.rate), "95% CI": fmt_ci(entry.ci95),
+                "wins / ties / losses": f"{entry.wins} / {entry.ties} / {entry.losses}", "n": entry.n,
             })
-    return rows
+    return Section(WIN_RATES, [
+        "Rate at which the first model's answer beats the second's on the same prompt; ties count half. "
+        "The rule checker judges only verifiable prompts. The pairwise judge saw each pair once, in a "
+        "random (seeded) A/B order.",
+        Table(rows),
+        Figure(figure, "Win rates with 95% intervals; the dashed line is parity."),
+    ])
+
+
+def kl_section(result: EvaluationResult) -> Section:
+    kl = result.kl
+    if kl is None:
+        return Section(KL_TO_SFT, ["Not computed (PPO and SFT do not share a tokenizer)."])
+    return Section(KL_TO_SFT, [
+        f"KL(PPO || SFT) = {fmt(kl.mean)} nats per answer, 95% CI {fmt_ci(kl.ci95)}; "
+        f"{fmt(kl.per_token, 4)} nats per token. Estimated on {kl.n_samples} "
+        "answers sampled from PPO (temperature 1) as the mean of log pi_ppo(y|x) - log pi_sft(y|x)."
+    ])
+
+
+def lengths_section(result: EvaluationResult, figure: str) -> Section:
+    rows = []
+    for name in MODELS:
+        m = result.models[name]
+        quantiles = {"p10": m.length_tokens.p10, "median": m.length_tokens.median, "p90": m.length_tokens.p90,
+                     "max": m.length_tokens.max}
+        rows.append({"model": name, "mean": fmt(m.mean_length, 1), **{k: fmt(v, 0) for k, v in quantiles.items()},
+                     "mean chars": fmt(m.mean_length_chars, 0), "corr(RM, length)": fmt(m.rm_length_correlation)})
+    return Section(RESPONSE_LENGTHS, [Table(rows), Figure(figure, "Response length (tokens) per model.")])
+
+
+def training_section(training: Mapping[str, Any], figure: str | None, training_note: str | None) -> Section:
+    blocks: list[str | Table | Figure] = []
+    if figure:
+        blocks.append(f"{training.get('n_steps', 0)} PPO steps from `{PPO_METRICS_FILE}`.")
+        blocks.append(Figure(figure, "PPO training: reward, KL and response length per step."))
+    if training_note:
+        blocks.append(f"Note: {training_note}.")
+    return Section(TRAINING_CURVES, blocks or ["No PPO training metrics were logged."])
+
+
+def top_answers_section(result: EvaluationResult) -> Section:
+    return Section(TOP_PPO_ANSWERS, [
+        "The PPO answers the reward model likes most: do they deserve it?",
+        Table(result.spot_checks.top_ppo_by_rm, ["rm_score", "checker", "n_tokens", "prompt", "response"], max_chars=240),
+    ])
+
+
+def disagreements_section(result: EvaluationResult) -> Section:
+    spots = result.spot_checks
+    return Section(RM_VS_CHECKER, [
+        "Pairs of answers to one verifiable prompt where the rule checker passes one answer and fails the other, "
+        "but the reward model scores the failing answer higher (largest margin first).",
+        Table(spots.rm_checker_disagreements,
+              ["rm_margin", "prompt", "rm_preferred_model", "rm_preferred_answer", "checker_passed_model", "checker_passed_answer"],
+              max_chars=200),
+        "Answers that fail the rule checker yet score above the median passing answer:",
+        Table(spots.failed_but_high_rm, ["model", "rm_score", "n_tokens", "prompt", "response"], max_chars=200),
+    ])
+
+
+def judge_reasons_section(result: EvaluationResult) -> Section:
+    judge = result.win_rates["ppo_vs_sft"].pairwise_judge
+    return Section(JUDGE_REASONS, [
+        f"A sample of the {result.judge} judge's verdicts on PPO vs SFT (all verdicts: `{JUDGEMENTS_FILE}`). "
+        f"Share of decisive verdicts that picked position A: "
+        f"{fmt(judge.a_picked_fraction)} (0.5 = no position bias).",
+        Table([
+            {"prompt": j.prompt, "PPO shown as": j.x_shown_as, "verdict": j.winner_position,
+             "winner": j.winner_model, "reason": j.reason}
+            for j in result.judgements if j.pair == "ppo_vs_sft"
+        ][:8], max_chars=200),
+    ])
+
+
+def previous_report_section(comparison: Mapping[str, Any] | None) -> Section:
+    if comparison is None:
+        return Section(PREVIOUS_REPORT, ["No previous report to compare with."])
+    blocks: list[str | Table | Figure] = [f"Previous report: `{comparison.get('previous_path')}`."]
+    if not comparison["same_reward_model"]:
+        blocks.append("The reward model changed since then, so reward-model scores and win rates are not compared.")
+    if comparison["regressions"]:
+        blocks.append("Regressions beyond the 95% intervals:")
+        blocks.append(Table([
+            {"metric": r["metric"], "previous": fmt(r["previous"]), "previous 95% CI": fmt_ci(r["previous_ci95"]),
+             "current": fmt(r["current"]), "current 95% CI": fmt_ci(r["current_ci95"])}
+            for r in comparison["regressions"]
+        ]))
+    else:
+        blocks.append("No metric got worse beyond its 95% interval.")
+    return Section(PREVIOUS_REPORT, blocks)
 
 
 def build_sections(
-    result: Mapping[str, Any],
+    result: EvaluationResult,
+    training: Mapping[str, Any],
     figures: Mapping[str, str | None],
     training_note: str | None,
     comparison: Mapping[str, Any] | None,
 ) -> list[Section]:
-    models, win_rates = result["models"], result["win_rates"]
-    ppo_vs_sft = win_rates["ppo_vs_sft"]
-    headline = Section(SECTION_TITLES[0], [
-        result.get("assessment") or assessment(result),
-        "PPO vs SFT win rate: reward model {} {}, rule checker {} {} (n={}), {} judge {} {}.".format(
-            fmt(ppo_vs_sft["reward_model"]["rate"]), fmt_ci(ppo_vs_sft["reward_model"]["ci95"]),
-            fmt(ppo_vs_sft["rule_checker"]["rate"]), fmt_ci(ppo_vs_sft["rule_checker"]["ci95"]),
-            ppo_vs_sft["rule_checker"]["n"],
-            result["judge"], fmt(ppo_vs_sft["pairwise_judge"]["rate"]), fmt_ci(ppo_vs_sft["pairwise_judge"]["ci95"]),
-        ),
-        "Checker accuracy: " + ", ".join(f"{m} {fmt(models[m]['checker_accuracy'])}" for m in MODELS)
-        + f" (on {result['n_verifiable']} verifiable prompts of {result['n_prompts']}).",
-        f"KL(PPO || SFT): {fmt(result['kl_ppo_vs_sft'])} nats per answer {fmt_ci(result['kl_ppo_vs_sft_ci95'])}.",
-    ])
-    per_model = Section(SECTION_TITLES[1], [
-        "Means over the evaluation prompts with 95% percentile-bootstrap intervals (prompts resampled). "
-        "Format adherence: the answer ends with EOS and echoes no chat role marker.",
-        Table([
-            {
-                "model": m,
-                "RM score": fmt(models[m]["rm_score_mean"]), "RM 95% CI": fmt_ci(models[m]["rm_score_ci95"]),
-                "checker acc.": fmt(models[m]["checker_accuracy"]), "checker 95% CI": fmt_ci(models[m]["checker_accuracy_ci95"]),
-                "format": fmt(models[m]["format_adherence"]), "ends w/ EOS": fmt(models[m]["ends_with_eos_rate"]),
-                "role markers": fmt(models[m]["role_marker_rate"]), "mean length": fmt(models[m]["mean_length"], 1),
-                "corr(RM, length)": fmt(models[m]["rm_length_correlation"]),
-            }
-            for m in MODELS
-        ]),
-    ])
-    wins = Section(SECTION_TITLES[2], [
-        "Rate at which the first model's answer beats the second's on the same prompt; ties count half. "
-        "The rule checker judges only verifiable prompts. The pairwise judge saw each pair once, in a "
-        "random (seeded) A/B order.",
-        Table(_win_rate_rows(win_rates)),
-        Figure(figures["win_rates"], "Win rates with 95% intervals; the dashed line is parity."),
-    ])
-    kl_blocks: list[str | Table | Figure] = []
-    if result["kl_ppo_vs_sft"] is None:
-        kl_blocks.append("Not computed (PPO and SFT do not share a tokenizer).")
-    else:
-        kl_blocks.append(
-            f"KL(PPO || SFT) = {fmt(result['kl_ppo_vs_sft'])} nats per answer, 95% CI {fmt_ci(result['kl_ppo_vs_sft_ci95'])}; "
-            f"{fmt(result['kl_ppo_vs_sft_per_token'], 4)} nats per token. Estimated on {result.get('kl_n_samples')} "
-            "answers sampled from PPO (temperature 1) as the mean of log pi_ppo(y|x) - log pi_sft(y|x)."
-        )
-    kl = Section(SECTION_TITLES[3], kl_blocks)
-    lengths = Section(SECTION_TITLES[4], [
-        Table([
-            {"model": m, "mean": fmt(models[m]["mean_length"], 1), **{k: fmt(v, 0) for k, v in models[m]["length_tokens"].items()},
-             "mean chars": fmt(models[m]["mean_length_chars"], 0), "corr(RM, length)": fmt(models[m]["rm_length_correlation"])}
-            for m in MODELS
-        ]),
-        Figure(figures["length_histograms"], "Response length (tokens) per model."),
-    ])
-    training_blocks: list[str | Table | Figure] = []
-    summary = result.get("ppo_training") or {}
-    if figures.get("training_curves"):
-        training_blocks.append(f"{summary.get('n_steps', 0)} PPO steps from `ppo_train_metrics.jsonl`.")
-        training_blocks.append(Figure(figures["training_curves"], "PPO training: reward, KL and response length per step."))
-    if training_note:
-        training_blocks.append(f"Note: {training_note}.")
-    training = Section(SECTION_TITLES[5], training_blocks or ["No PPO training metrics were logged."])
-    spots = result["spot_checks"]
-    top = Section(SECTION_TITLES[6], [
-        "The PPO answers the reward model likes most: do they deserve it?",
-        Table(spots["top_ppo_by_rm"], ["rm_score", "checker", "n_tokens", "prompt", "response"], max_chars=240),
-    ])
-    disagreement_blocks: list[str | Table | Figure] = [
-        "Pairs of answers to one verifiable prompt where the rule checker passes one answer and fails the other, "
-        "but the reward model scores the failing answer higher (largest margin first).",
-        Table(spots["rm_checker_disagreements"],
-              ["rm_margin", "prompt", "rm_preferred_model", "rm_preferred_answer", "checker_passed_model", "checker_passed_answer"],
-              max_chars=200),
-        "Answers that fail the rule checker yet score above the median passing answer:",
-        Table(spots["failed_but_high_rm"], ["model", "rm_score", "n_tokens", "prompt", "response"], max_chars=200),
+    """The report's sections, in SECTION_TITLES order."""
+    return [
+        headline_section(result),
+        per_model_section(result),
+        win_rates_section(result, figures["win_rates"]),
+        kl_section(result),
+        lengths_section(result, figures["length_histograms"]),
+        training_section(training, figures["training_curves"], training_note),
+        top_answers_section(result),
+        disagreements_section(result),
+        judge_reasons_section(result),
+        previous_report_section(comparison),
     ]
-    disagreements = Section(SECTION_TITLES[7], disagreement_blocks)
-    reasons = Section(SECTION_TITLES[8], [
-        f"A sample of the {result['judge']} judge's verdicts on PPO vs SFT (all verdicts: `{JUDGEMENTS_FILE}`). "
-        f"Share of decisive verdicts that picked position A: "
-        f"{fmt(ppo_vs_sft['pairwise_judge'].get('a_picked_fraction'))} (0.5 = no position bias).",
-        Table([
-            {"prompt": j["prompt"], "PPO shown as": j["x_shown_as"], "verdict": j["winner_position"],
-             "winner": j["winner_model"], "reason": j["reason"]}
-            for j in result.get("judgements", []) if j["pair"] == "ppo_vs_sft"
-        ][:8], max_chars=200),
-    ])
-    if comparison is None:
-        previous_blocks: list[str | Table | Figure] = ["No previous report to compare with."]
-    else:
-        previous_blocks = [f"Previous report: `{comparison.get('previous_path')}`."]
-        if not comparison["same_reward_model"]:
-            previous_blocks.append("The reward model changed since then, so reward-model scores and win rates are not compared.")
-        if comparison["regressions"]:
-            previous_blocks.append("Regressions beyond the 95% intervals:")
-            previous_blocks.append(Table([
-                {"metric": r["metric"], "previous": fmt(r["previous"]), "previous 95% CI": fmt_ci(r["previous_ci95"]),
-                 "current": fmt(r["current"]), "current 95% CI": fmt_ci(r["current_ci95"])}
-                for r in comparison["regressions"]
-            ]))
-        else:
-            previous_blocks.append("No metric got worse beyond its 95% interval.")
-    previous = Section(SECTION_TITLES[9], previous_blocks)
-    return [headline, per_model, wins, kl, lengths, training, top, disagreements, reasons, previous]
+
+
+def eval_json(
+    result: EvaluationResult, training: Mapping[str, Any], comparison: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The content of eval.json: the result without per-answer rows and verdicts, the PPO training
+    summary, the one-sentence assessment and, when there is one, the comparison with the previous report."""
+    document = {**result.summary_dict(), "ppo_training": dict(training), "assessment": assessment(result)}
+    if comparison is not None:
+        document["previous_report"] = {"path": comparison.get("previous_path"), "same_reward_model": comparison["same_reward_model"],
+                                       "regressions": comparison["regressions"]}
+    return document
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -407,7 +430,7 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
 
 
 def write_report(
-    result: dict[str, Any],
+    result: EvaluationResult,
     out_dir: Path,
     training_rows: Sequence[Mapping[str, Any]],
     training_note: str | None = None,
@@ -415,37 +438,33 @@ def write_report(
 ) -> str:
     """Write every report file into `out_dir`; returns the markdown (for Dagster metadata).
 
-    `result` is `pipeline.evaluation.evaluate.evaluate`'s output; its per-answer rows and judge verdicts go to
-    JSONL files, everything else to eval.json.
+    The per-answer rows and judge verdicts of `result` go to JSONL files, the rest to eval.json.
     """
     out_dir = Path(out_dir)
     (out_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
-    result["ppo_training"] = training_summary(training_rows)
-    result["assessment"] = assessment(result)
-    if comparison is not None:
-        result["previous_report"] = {"path": comparison.get("previous_path"), "same_reward_model": comparison["same_reward_model"],
-                                     "regressions": comparison["regressions"]}
+    training = training_summary(training_rows)
+    drew_curves = plot_training_curves(training_rows, out_dir / TRAINING_CURVES_PNG, REPORT_PANELS, x_key="step", x_label="PPO step")
     figures = {
         "win_rates": WIN_RATES_PNG,
         "length_histograms": LENGTH_HISTOGRAMS_PNG,
-        "training_curves": TRAINING_CURVES_PNG if plot_training_curves(training_rows, out_dir / TRAINING_CURVES_PNG) else None,
+        "training_curves": TRAINING_CURVES_PNG if drew_curves else None,
     }
-    plot_win_rates(result["win_rates"], out_dir / WIN_RATES_PNG)
-    plot_length_histograms({m: [a["n_tokens"] for a in result["answers"][m]] for m in MODELS}, out_dir / LENGTH_HISTOGRAMS_PNG)
+    plot_win_rates(result.win_rates, out_dir / WIN_RATES_PNG)
+    plot_length_histograms({m: [a.n_tokens for a in result.answers[m]] for m in MODELS}, out_dir / LENGTH_HISTOGRAMS_PNG)
 
-    sections = build_sections(result, figures, training_note, comparison)
+    sections = build_sections(result, training, figures, training_note, comparison)
     markdown = render_markdown(REPORT_TITLE, sections)
     (out_dir / REPORT_MD).write_text(markdown, encoding="utf-8")
     (out_dir / REPORT_HTML).write_text(render_html(REPORT_TITLE, sections), encoding="utf-8")
     with open(out_dir / ANSWERS_FILE, "w", encoding="utf-8") as handle:
         for model in MODELS:
-            for answer in result["answers"][model]:
-                handle.write(json.dumps({"model": model, **answer}, ensure_ascii=False) + "\n")
+            for answer in result.answers[model]:
+                handle.write(json.dumps({"model": model, **answer.to_dict()}, ensure_ascii=False) + "\n")
     with open(out_dir / JUDGEMENTS_FILE, "w", encoding="utf-8") as handle:
-        for judgement in result["judgements"]:
-            handle.write(json.dumps(judgement, ensure_ascii=False) + "\n")
-    summary = {k: v for k, v in result.items() if k not in ("answers", "judgements")}
-    (out_dir / EVAL_JSON).write_text(json.dumps(_nan_to_none(summary), indent=2, allow_nan=False, default=str) + "\n")
+        for judgement in result.judgements:
+            handle.write(json.dumps(asdict(judgement), ensure_ascii=False) + "\n")
+    document = eval_json(result, training, comparison)
+    (out_dir / EVAL_JSON).write_text(json.dumps(_nan_to_none(document), indent=2, allow_nan=False, default=str) + "\n")
     return markdown
 
 

@@ -3,7 +3,7 @@
 Every asset starts with
 
     if (reused := reuse_if_unchanged(context)) is not None:
-        return reused
+        return record_in_dvc(context, reused)
 
 and the latest materialization of the asset is reused, without recomputing, when all of these hold:
 
@@ -43,23 +43,19 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.storage.artifacts import content_hash
-from pipeline.orchestration.lineage import metadata_value
-from pipeline.orchestration.provenance import (
-    CONFIG_HASH_KEY,
-    CONFIG_KEY,
-    asset_code_version,
-    config_hash,
-    dvc_record_metadata,
-    upstream_keys,
+from pipeline.orchestration.materializations import (
+    artifact_path_of,
+    content_hash_of,
+    data_version_of,
+    latest_materialization,
+    recorded,
 )
-from pipeline.orchestration.resources import ARTIFACT_PATH_KEY, CONTENT_HASH_KEY
+from pipeline.orchestration.provenance import asset_code_version, config_hash, upstream_keys
+from pipeline.storage.artifacts import content_hash
+from pipeline.storage.contract import ARTIFACT_PATH_KEY, CONFIG_HASH_KEY, CONFIG_KEY, REUSED_FROM_RUN_KEY
 
-REUSED_FROM_RUN_KEY = "reused_from_run"
 RECOMPUTE_TAG = "rlhf/recompute"
 EXTERNAL_INPUT_FIELDS = ("source", "model_name_or_path")
-# Written by Dagster on every materialization (dagster._core.definitions.data_version).
-DATA_VERSION_TAG = "dagster/data_version"
 
 
 @dataclass
@@ -80,17 +76,8 @@ class Staleness:
     def to_dict(self) -> dict[str, Any]:
         return {
             "asset": self.asset, "stale": self.stale, "reasons": list(self.reasons), "run_id": self.run_id,
-            "artifact_path": self.artifact_path, "reused_from_run": self.reused_from_run,
+            ARTIFACT_PATH_KEY: self.artifact_path, REUSED_FROM_RUN_KEY: self.reused_from_run,
         }
-
-
-def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.EventLogRecord | None:
-    records = instance.fetch_materializations(key, limit=1).records
-    return records[0] if records else None
-
-
-def recorded_data_version(record: dg.EventLogRecord) -> str | None:
-    return (record.event_log_entry.tags or {}).get(DATA_VERSION_TAG)
 
 
 def _short(version: str | None) -> str:
@@ -122,23 +109,21 @@ def staleness(
     if record is None or record.asset_materialization is None:
         result.reasons.append("never materialized")
         return result
-    tags = record.event_log_entry.tags or {}
-    metadata = record.asset_materialization.metadata
     result.record = record
     result.run_id = record.run_id
-    result.artifact_path = metadata_value(metadata.get(ARTIFACT_PATH_KEY))
-    result.reused_from_run = metadata_value(metadata.get(REUSED_FROM_RUN_KEY))
+    result.artifact_path = recorded(record, ARTIFACT_PATH_KEY)
+    result.reused_from_run = recorded(record, REUSED_FROM_RUN_KEY)
 
-    provenance = dg.DataProvenance.from_tags(tags)
+    provenance = dg.DataProvenance.from_tags(record.event_log_entry.tags or {})
     recorded_code = provenance.code_version if provenance else None
     if code_version is None:
         result.reasons.append("the asset has no explicit code_version")
     elif recorded_code != code_version:
         result.reasons.append(f"code version changed: {recorded_code} -> {code_version}")
 
-    recorded_hash = metadata_value(metadata.get(CONFIG_HASH_KEY))
+    recorded_hash = recorded(record, CONFIG_HASH_KEY)
     if recorded_hash != config_hash(config):
-        changes = config_changes(metadata_value(metadata.get(CONFIG_KEY)), config)
+        changes = config_changes(recorded(record, CONFIG_KEY), config)
         detail = ", ".join(changes) if changes else f"hash {_short(recorded_hash)} -> {_short(config_hash(config))}"
         result.reasons.append(f"config changed ({detail})")
 
@@ -146,7 +131,7 @@ def staleness(
     for parent in parent_keys:
         name = parent.to_user_string()
         upstream = latest_materialization(instance, parent)
-        current = recorded_data_version(upstream) if upstream is not None else None
+        current = data_version_of(upstream) if upstream is not None else None
         if current is None:
             result.reasons.append(f"upstream {name} never materialized")
             continue
@@ -157,7 +142,7 @@ def staleness(
             )
 
     if verify_artifact:
-        result.reasons.extend(_artifact_problems(result.artifact_path, metadata_value(metadata.get(CONTENT_HASH_KEY))))
+        result.reasons.extend(_artifact_problems(result.artifact_path, content_hash_of(record)))
     return result
 
 
@@ -182,23 +167,22 @@ def recompute_requested(tags: Mapping[str, str], asset_name: str) -> bool:
 
 def reused_output(record: dg.EventLogRecord) -> dg.Output:
     """The asset's output re-emitted from an earlier materialization: same path, data version, metadata."""
-    materialization = record.asset_materialization
-    metadata = dict(materialization.metadata)
+    metadata = dict(record.asset_materialization.metadata)
     # Point at the run that actually computed the artifact, even after several reuses.
-    origin = metadata_value(metadata.get(REUSED_FROM_RUN_KEY)) or record.run_id
+    origin = recorded(record, REUSED_FROM_RUN_KEY) or record.run_id
     metadata[REUSED_FROM_RUN_KEY] = dg.MetadataValue.text(str(origin))
-    data_version = recorded_data_version(record) or metadata_value(metadata[CONTENT_HASH_KEY])
-    artifact_path = Path(str(metadata_value(metadata[ARTIFACT_PATH_KEY])))
-    metadata.update(dvc_record_metadata(artifact_path))  # DVC follows the reuse
     return dg.Output(
-        value=artifact_path,
-        data_version=dg.DataVersion(data_version),
+        value=artifact_path_of(record),
+        data_version=dg.DataVersion(data_version_of(record) or content_hash_of(record)),
         metadata=metadata,
     )
 
 
 def reuse_if_unchanged(context: dg.AssetExecutionContext) -> dg.Output | None:
-    """The previous materialization's output if nothing it depends on changed; None: compute the asset."""
+    """The previous materialization's output if nothing it depends on changed; None: compute the asset.
+
+    The asset returns `record_in_dvc(context, reused)`, so that DVC follows the reuse too.
+    """
     started = time.perf_counter()
     name = context.asset_key.to_user_string()
     if recompute_requested(context.run.tags, name):

@@ -39,8 +39,9 @@ def progress_callback(pipes):
 
 def train_sft_stage(spec: dict[str, Any], callbacks: list) -> dict[str, Any]:
     from pipeline.data.records import read_jsonl
-    from pipeline.training.sft import SftSettings, train_sft
+    from pipeline.settings import SftSettings
     from pipeline.storage.checkpoints import TrainingScratch
+    from pipeline.training.sft import train_sft
 
     checkpoints = spec["inputs"].get("checkpoints")
     scratch = TrainingScratch(

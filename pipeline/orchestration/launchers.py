@@ -26,37 +26,17 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from pipeline.data.records import write_jsonl
+from pipeline.settings import LaunchSettings
 
 WORKER_MODULE = "pipeline.orchestration.launch_worker"
 METRICS_MESSAGE = "metrics"  # `kind` of the Pipes custom message that carries a stage's metrics
 PIPES_CLIENT_KEY = "pipes_subprocess_client"
-TRAINING_ARGS_FILE = "training_args.bin"  # a pickle the HF Trainer saves with the model; not part of our artifacts
-
-Distributed = Literal["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
-
-
-class LaunchSettings(BaseModel):
-    """How a training asset runs its trainer; a training asset's config extends this."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    launcher: Literal["in_process", "accelerate"] = Field(
-        "in_process", description="'in_process': train in the step process; 'accelerate': under `accelerate launch` via Dagster Pipes"
-    )
-    num_processes: int = Field(1, gt=0, description="training processes under `accelerate launch`, one per GPU")
-    distributed: Distributed = Field(
-        "ddp", description="data parallel (ddp), DeepSpeed ZeRO stage 2 or 3, or FSDP (v2, full state dict on save)"
-    )
-    accelerate_config_file: str | None = Field(
-        None, description="your own `accelerate config` YAML instead of the generated one (`distributed` is then ignored)"
-    )
-    main_process_port: int | None = Field(None, gt=0, lt=65536, description="rendezvous port when several jobs share a node")
 
 
 def accelerate_config(settings: LaunchSettings, use_cpu: bool, mixed_precision: str) -> dict[str, Any]:
@@ -199,26 +179,3 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {field.name: _jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
     return value
-
-
-def save_trained_model(trainer, tokenizer, output_dir: Path):
-    """Write the trained model and tokenizer; return the model on the main process, None on other ranks.
-
-    In one process this is the trainer's model itself. Under `accelerate launch`, DeepSpeed ZeRO-3
-    and FSDP hold only shards on each rank: the trainer gathers them into a full state dict and
-    the main process writes it, then reloads it whole for evaluation.
-    """
-    distributed = trainer.accelerator.num_processes > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
-    if not distributed:
-        model = trainer.model.eval()
-        model.save_pretrained(output_dir)
-        tokenizer.save_pretrained(output_dir)
-        return model
-    trainer.save_model(str(output_dir))  # every rank takes part in the gather; the main one writes
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.is_world_process_zero():
-        return None
-    Path(output_dir, TRAINING_ARGS_FILE).unlink(missing_ok=True)
-    tokenizer.save_pretrained(output_dir)
-    model_class = type(trainer.accelerator.unwrap_model(trainer.model))
-    return model_class.from_pretrained(output_dir, use_safetensors=True).to(trainer.args.device).eval()

@@ -21,7 +21,26 @@ from typing import Any
 
 import dagster as dg
 
-PPO_METRICS_FILE = "ppo_train_metrics.jsonl"
+from pipeline.orchestration.materializations import (
+    artifact_path_of,
+    data_version_of,
+    latest_materialization,
+    materialization_by_storage_id,
+    materialization_in_run,
+    metadata_value,
+    recorded,
+)
+from pipeline.storage.contract import (
+    ARTIFACT_PATH_KEY,
+    CODE_VERSION_KEY,
+    CONFIG_HASH_KEY,
+    CONTENT_HASH_KEY,
+    DVC_MD5_KEY,
+    GIT_COMMIT_KEY,
+    GIT_DIRTY_KEY,
+    REUSED_FROM_RUN_KEY,
+)
+
 RESPONSE_LENGTH_FIELD = "response_length"
 
 
@@ -73,26 +92,17 @@ class LineageNode:
 
 def materialization_record(instance: dg.DagsterInstance, asset: str, run_id: str | None = None) -> dg.EventLogRecord:
     """The latest materialization of `asset`, or its materialization in run `run_id`."""
-    key = dg.AssetKey.from_user_string(asset)
     if run_id is None:
-        records = instance.fetch_materializations(key, limit=1).records
-        if not records:
+        record = latest_materialization(instance, asset)
+        if record is None:
             raise LineageError(f"asset {asset} has never been materialized in the Dagster instance at {_home(instance)}")
-        return records[0]
+        return record
     if instance.get_run_by_id(run_id) is None:
         raise LineageError(f"no run {run_id} in the Dagster instance at {_home(instance)}")
-    connection = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
-    )
-    for record in connection.records:
-        if record.asset_key == key:
-            return record
-    raise LineageError(f"run {run_id} did not materialize {asset}")
-
-
-def record_by_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey, storage_id: int) -> dg.EventLogRecord | None:
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=[storage_id]), limit=1)
-    return records.records[0] if records.records else None
+    record = materialization_in_run(instance, asset, run_id)
+    if record is None:
+        raise LineageError(f"run {run_id} did not materialize {asset}")
+    return record
 
 
 def upstream_tree(instance: dg.DagsterInstance, asset: str, run_id: str | None = None) -> LineageNode:
@@ -104,31 +114,29 @@ def upstream_tree(instance: dg.DagsterInstance, asset: str, run_id: str | None =
 def _node(instance: dg.DagsterInstance, record: dg.EventLogRecord, cache: dict[int, LineageNode]) -> LineageNode:
     if record.storage_id in cache:
         return cache[record.storage_id]
-    tags = record.event_log_entry.tags or {}
-    metadata = record.asset_materialization.metadata
-    artifact_path = metadata_value(metadata.get("artifact_path"))
-    provenance = dg.DataProvenance.from_tags(tags)
+    artifact_path = recorded(record, ARTIFACT_PATH_KEY)
+    provenance = dg.DataProvenance.from_tags(record.event_log_entry.tags or {})
     node = LineageNode(
         asset=record.asset_key.to_user_string(),
         run_id=record.run_id,
         storage_id=record.storage_id,
         timestamp=iso_timestamp(record.timestamp),
-        data_version=tags.get("dagster/data_version"),
-        code_version=provenance.code_version if provenance else metadata_value(metadata.get("code_version")),
+        data_version=data_version_of(record),
+        code_version=provenance.code_version if provenance else recorded(record, CODE_VERSION_KEY),
         artifact_path=artifact_path,
         artifact_exists=bool(artifact_path) and Path(artifact_path).exists(),
-        content_hash=metadata_value(metadata.get("content_hash")),
-        git_commit=metadata_value(metadata.get("git_commit")),
-        git_dirty=metadata_value(metadata.get("git_dirty")),
-        config_hash=metadata_value(metadata.get("config_hash")),
-        dvc_md5=metadata_value(metadata.get("dvc_md5")),
-        reused_from_run=metadata_value(metadata.get("reused_from_run")),
+        content_hash=recorded(record, CONTENT_HASH_KEY),
+        git_commit=recorded(record, GIT_COMMIT_KEY),
+        git_dirty=recorded(record, GIT_DIRTY_KEY),
+        config_hash=recorded(record, CONFIG_HASH_KEY),
+        dvc_md5=recorded(record, DVC_MD5_KEY),
+        reused_from_run=recorded(record, REUSED_FROM_RUN_KEY),
     )
     cache[record.storage_id] = node
     if provenance is not None:
         for key in sorted(provenance.input_storage_ids, key=lambda k: k.to_user_string()):
             storage_id = provenance.input_storage_ids[key]
-            upstream = record_by_storage_id(instance, key, storage_id) if storage_id is not None else None
+            upstream = materialization_by_storage_id(instance, key, storage_id) if storage_id is not None else None
             if upstream is None:
                 node.unknown_inputs.append(key.to_user_string())
             else:
@@ -289,15 +297,10 @@ def length_drift(metrics_path: Path, threshold: float = 0.1, window: int = 3) ->
 def artifact_of(instance: dg.DagsterInstance, asset: str, run_id: str | None = None) -> Path:
     """The artifact directory of the latest (or the given run's) materialization of `asset`."""
     record = materialization_record(instance, asset, run_id)
-    path = metadata_value(record.asset_materialization.metadata.get("artifact_path"))
-    if not path:
-        raise LineageError(f"materialization of {asset} in run {record.run_id} records no artifact_path")
-    return Path(path)
-
-
-def metadata_value(entry: Any) -> Any:
-    """The plain value of a metadata entry (None when absent)."""
-    return None if entry is None else getattr(entry, "value", entry)
+    path = artifact_path_of(record)
+    if path is None:
+        raise LineageError(f"materialization of {asset} in run {record.run_id} records no {ARTIFACT_PATH_KEY}")
+    return path
 
 
 def _jsonable(value: Any) -> Any:

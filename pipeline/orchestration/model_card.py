@@ -1,9 +1,9 @@
 """Model cards: each checkpoint directory's README.md states which run made it and from what.
 
-A model asset calls `write_model_card(staged.path)` inside its `artifacts.store().stage(...)` block,
-so the card is part of the artifact (and of its content hash). The inputs listed are the latest
-materializations of the asset's dependencies, which is what `ArtifactIOManager` loaded and what
-Dagster records as the materialization's input provenance.
+A model asset calls `write_model_card(context, staged.path)` inside its `artifacts.store().stage(...)`
+block, so the card is part of the artifact (and of its content hash). The inputs listed are the
+latest materializations of the asset's dependencies, which is what `ArtifactIOManager` loaded and
+what Dagster records as the materialization's input provenance.
 """
 
 from __future__ import annotations
@@ -15,18 +15,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline.orchestration.lineage import iso_timestamp, metadata_value
 from pipeline.evaluation.markdown import markdown_table
-from pipeline.storage.safety import redact_text
-from pipeline.orchestration.provenance import (
-    asset_code_version,
-    config_hash,
-    current_asset_context,
-    git_state,
-    upstream_keys,
+from pipeline.orchestration.lineage import iso_timestamp
+from pipeline.orchestration.materializations import data_version_of, latest_materialization, recorded
+from pipeline.orchestration.provenance import asset_code_version, config_hash, git_state, upstream_keys
+from pipeline.storage.contract import (
+    ARTIFACT_PATH_KEY,
+    CODE_VERSION_KEY,
+    CONFIG_HASH_KEY,
+    CONFIG_KEY,
+    CONTENT_HASH_KEY,
+    GIT_COMMIT_KEY,
+    GIT_DIRTY_KEY,
+    MODEL_CARD_FILE,
 )
-
-MODEL_CARD_FILE = "README.md"
+from pipeline.storage.safety import redact_text
 
 
 @dataclass(frozen=True)
@@ -44,28 +47,23 @@ def input_records(context: dg.AssetExecutionContext) -> list[InputRecord]:
     """The latest materialization of each asset this asset reads."""
     records = []
     for key in upstream_keys(context):
-        result = context.instance.fetch_materializations(key, limit=1).records
-        if not result:
+        record = latest_materialization(context.instance, key)
+        if record is None:
             raise dg.Failure(f"{key.to_user_string()} has no materialization to name in the model card")
-        record = result[0]
-        metadata = record.asset_materialization.metadata
         records.append(InputRecord(
             asset=key.to_user_string(),
             run_id=record.run_id,
             storage_id=record.storage_id,
             timestamp=iso_timestamp(record.timestamp),
-            data_version=(record.event_log_entry.tags or {}).get("dagster/data_version"),
-            content_hash=metadata_value(metadata.get("content_hash")),
-            artifact_path=metadata_value(metadata.get("artifact_path")),
+            data_version=data_version_of(record),
+            content_hash=recorded(record, CONTENT_HASH_KEY),
+            artifact_path=recorded(record, ARTIFACT_PATH_KEY),
         ))
     return records
 
 
-def write_model_card(directory: Path, description: str | None = None) -> Path:
-    """Write README.md (HF model card) with this materialization's lineage into `directory`."""
-    context = current_asset_context()
-    if context is None:
-        raise RuntimeError("write_model_card must be called while an asset is being materialized")
+def write_model_card(context: dg.AssetExecutionContext, directory: Path, description: str | None = None) -> Path:
+    """Write README.md (HF model card) with the lineage of the materialization `context` runs into `directory`."""
     asset = context.asset_key.to_user_string()
     git = git_state()
     config = context.op_config or {}
@@ -74,11 +72,11 @@ def write_model_card(directory: Path, description: str | None = None) -> Path:
         "asset": asset,
         "run_id": context.run_id,
         "created": iso_timestamp(datetime.now(timezone.utc).timestamp()),
-        "code_version": asset_code_version(context),
-        "git_commit": git.commit,
-        "git_dirty": git.dirty,
-        "config_hash": config_hash(config),
-        "config": config,
+        CODE_VERSION_KEY: asset_code_version(context),
+        GIT_COMMIT_KEY: git.commit,
+        GIT_DIRTY_KEY: git.dirty,
+        CONFIG_HASH_KEY: config_hash(config),
+        CONFIG_KEY: config,
         "inputs": [asdict(record) for record in inputs],
     }
     rows = [
@@ -97,9 +95,9 @@ def write_model_card(directory: Path, description: str | None = None) -> Path:
         "",
         "## Lineage",
         "",
-        f"Made by Dagster run `{context.run_id}` (asset `{asset}`, code version `{lineage['code_version']}`) "
+        f"Made by Dagster run `{context.run_id}` (asset `{asset}`, code version `{lineage[CODE_VERSION_KEY]}`) "
         f"from git commit `{git.commit}`{' with uncommitted changes' if git.dirty else ''}; "
-        f"config hash `{lineage['config_hash']}`.",
+        f"config hash `{lineage[CONFIG_HASH_KEY]}`.",
         "",
         markdown_table(rows, max_chars=400) if rows else "It reads no other asset.",
         "",

@@ -1,18 +1,18 @@
 """What every materialization records about where it came from: code, config, git state, inputs.
 
-`provenance_metadata` is called by `pipeline.orchestration.resources.artifact_output`, so every asset gets the
-same keys without repeating code:
+`provenance_metadata(context)` is part of every asset's output (`pipeline.orchestration.outputs.artifact_output`),
+so every asset records the same keys (named in `pipeline.storage.contract`):
 
 | key | what it is |
 |---|---|
 | `code_version` | the asset's explicit `code_version` (also Dagster's `dagster/code_version` tag) |
 | `git_commit`, `git_dirty` | HEAD of the repository holding this code, and whether its tree had changes (`dvc.lock` aside) |
 | `config_hash`, `config` | sha256 of the asset's resolved run config (canonical JSON), and the config itself |
-| `dvc_stage`, `dvc_out`, `dvc_md5` | where DVC tracks the artifact and its DVC hash, as in `dvc.lock` (when DVC tracking is on) |
 
-Dagster itself adds, as event tags, the data version (the content hash) and, for each input, the
-data version and event storage id of the upstream materialization it read: `pipeline.orchestration.lineage`
-walks those.
+`record_in_dvc` adds `dvc_stage`, `dvc_out`, `dvc_md5`: where DVC tracks the artifact and its DVC
+hash, as in `dvc.lock` (when DVC tracking is on). Dagster itself adds, as event tags, the data
+version (the content hash) and, for each input, the data version and event storage id of the
+upstream materialization it read: `pipeline.orchestration.lineage` walks those.
 """
 
 from __future__ import annotations
@@ -26,15 +26,11 @@ from typing import Any
 
 import dagster as dg
 
-CODE_REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipeline.storage.contract import CODE_VERSION_KEY, CONFIG_HASH_KEY, CONFIG_KEY, GIT_COMMIT_KEY, GIT_DIRTY_KEY
+
+CODE_REPO_ROOT = Path(__file__).resolve().parents[2]
 # Bookkeeping that a pipeline run rewrites itself; changes to it do not make the code "dirty".
 GIT_DIRTY_EXCLUDES = ("dvc.lock",)
-
-CODE_VERSION_KEY = "code_version"
-GIT_COMMIT_KEY = "git_commit"
-GIT_DIRTY_KEY = "git_dirty"
-CONFIG_HASH_KEY = "config_hash"
-CONFIG_KEY = "config"
 
 
 @dataclass(frozen=True)
@@ -66,14 +62,6 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def current_asset_context() -> dg.AssetExecutionContext | None:
-    """The asset execution context in scope, or None when called outside an asset (unit tests)."""
-    try:
-        return dg.AssetExecutionContext.get()
-    except dg.DagsterInvariantViolationError:
-        return None
-
-
 def asset_code_version(context: dg.AssetExecutionContext) -> str | None:
     return context.assets_def.code_versions_by_key.get(context.asset_key)
 
@@ -83,11 +71,8 @@ def upstream_keys(context: dg.AssetExecutionContext) -> list[dg.AssetKey]:
     return sorted(context.assets_def.asset_deps.get(context.asset_key, ()), key=lambda k: k.to_user_string())
 
 
-def provenance_metadata(artifact_path: Path) -> dict[str, Any]:
-    """Code version, git state, config hash and (when on) DVC record of the asset being materialized."""
-    context = current_asset_context()
-    if context is None:
-        return {}
+def provenance_metadata(context: dg.AssetExecutionContext) -> dict[str, Any]:
+    """Code version, git state and config hash of the asset being materialized."""
     if asset_code_version(context) is None:
         raise dg.Failure(
             f"asset {context.asset_key.to_user_string()} has no explicit code_version; "
@@ -95,30 +80,10 @@ def provenance_metadata(artifact_path: Path) -> dict[str, Any]:
         )
     git = git_state()  # per materialization: a long-lived process may see new commits
     config = context.op_config
-    metadata: dict[str, Any] = {
+    return {
         CODE_VERSION_KEY: asset_code_version(context),
         GIT_COMMIT_KEY: git.commit,
         GIT_DIRTY_KEY: dg.MetadataValue.bool(bool(git.dirty)) if git.dirty is not None else "unknown",
         CONFIG_HASH_KEY: config_hash(config),
         CONFIG_KEY: dg.MetadataValue.json(config or {}),
     }
-    metadata.update(dvc_record_metadata(artifact_path))
-    return metadata
-
-
-def dvc_record_metadata(artifact_path: Path) -> dict[str, Any]:
-    """Record the artifact of the asset being materialized with DVC (when tracking is on).
-
-    Also for an output that re-emits an earlier artifact (an incremental run reusing it), so that
-    `current/` and dvc.lock follow whatever Dagster's latest materialization points to.
-    """
-    from pipeline.storage import dvc as dvc_tracking
-
-    context = current_asset_context()
-    tracking = dvc_tracking.tracking_for(artifact_path) if context is not None else None
-    if tracking is None:
-        return {}
-    asset_name = context.asset_key.to_user_string()
-    context.log.info(f"recording {asset_name} with DVC in {tracking.root}")
-    record = tracking.record(asset_name, artifact_path, [k.to_user_string() for k in upstream_keys(context)])
-    return record.as_metadata()

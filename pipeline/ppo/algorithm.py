@@ -33,10 +33,7 @@ from typing import Any
 
 import torch
 
-from pipeline.training.base_model import render_prompt
-from pipeline.training.device import select_device, torch_cpu_threads
-from pipeline.training.packing import PackedSequences
-from pipeline.ppo.summary import mean_or_nan
+from pipeline.data.statistics import mean_or_nan
 from pipeline.ppo.rollout import (
     encode_prompts,
     pack_rollout,
@@ -46,14 +43,14 @@ from pipeline.ppo.rollout import (
     sample_responses,
     token_values,
 )
-from pipeline.settings import PpoSettings  # re-exported
+from pipeline.settings import PpoSettings
+from pipeline.storage.contract import PPO_CURVES_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE
+from pipeline.training.chat_format import render_prompt
+from pipeline.training.device import select_device, torch_cpu_threads
+from pipeline.training.packing import PackedSequences
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "ppo_train_metrics.jsonl"
-SUMMARY_FILE = "ppo_summary.json"
-CURVES_FILE = "training_curves.png"
-VALUE_MODEL_DIR = "value_model"
 CHECKPOINT_STATE_FILE = "ppo_state.pt"
 
 
@@ -224,14 +221,12 @@ class ReferencePolicy:
     @torch.inference_mode()
     def logprobs(self, packed: PackedSequences, temperature: float) -> torch.Tensor:
         """log pi_ref(y_t | x, y_<t) of every real response token, (N,)."""
-        if self.reference is not None:
-            return response_logprobs_packed(self.reference, packed, temperature)
-        with self.policy.disable_adapter():
-            return response_logprobs_packed(self.policy, packed, temperature)
+        with self.module() as reference:
+            return response_logprobs_packed(reference, packed, temperature)
 
     @contextlib.contextmanager
-    def sampler(self):
-        """The module to sample SFT answers from (the LoRA adapter stays off while it is in use)."""
+    def module(self):
+        """The module that is pi_ref, to sample SFT answers from or score them (the LoRA adapter stays off meanwhile)."""
         if self.reference is not None:
             yield self.reference
             return
@@ -362,7 +357,8 @@ def train_ppo(
 def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step, choice):
     from accelerate import Accelerator
 
-    from pipeline.ppo.summary import evaluate_against_reference, plot_training_curves, save_models
+    from pipeline.ppo.curves import plot_training_curves
+    from pipeline.ppo.summary import evaluate_against_reference, save_models
 
     if settings.minibatch_size > settings.batch_size or settings.batch_size % settings.minibatch_size:
         raise ValueError(f"batch_size={settings.batch_size} must be a multiple of minibatch_size={settings.minibatch_size}")
@@ -552,10 +548,10 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device)
     output_dir = Path(output_dir)
     save_models(policy, value_model, tokenizer, output_dir, settings.use_lora)
-    with open(output_dir / METRICS_FILE, "w") as handle:
+    with open(output_dir / PPO_METRICS_FILE, "w") as handle:
         for record in history:
             handle.write(json.dumps(record) + "\n")
-    plot_training_curves(history, output_dir / CURVES_FILE)
+    plot_training_curves(history, output_dir / PPO_CURVES_FILE)
     summary = {
         **evaluation,
         "kl_bound": settings.kl_bound,
@@ -571,5 +567,5 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         "stopped_at_kl_bound": stopped_at_kl_bound,
         "settings": settings.model_dump(),
     }
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (output_dir / PPO_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

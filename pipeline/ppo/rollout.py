@@ -5,9 +5,12 @@ EOS of a response is replaced by the pad token and masked out of every loss and 
 downstream code only ever has to look at `response_mask`.
 
 Reward and value models are `AutoModelForSequenceClassification`-style: a backbone plus a linear
-`score` head. The RM reads its scalar at one position (the EOS); the value model applies the same
-kind of head at every response position. Both read token ids directly: the RM shares the policy's
-tokenizer, so there is no decode / re-tokenize round trip.
+`score` head. The RM reads its scalar at one position (the EOS; `pipeline.training.reward_model`
+implements it); the value model applies the same kind of head at every response position. Both read
+token ids directly: the RM shares the policy's tokenizer, so there is no decode / re-tokenize round trip.
+
+KL to a reference policy is measured one way everywhere (PPO's held-out summary, the evaluation
+report, the TRL benchmark): `sequence_kl` of `sequence_logprobs` on the policy's own samples.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from functools import cached_property
 
 import torch
 
-from pipeline.training.base_model import render_prompt
-from pipeline.training.logprobs import position_ids_for
-from pipeline.training.packing import PackedSequences, pack
+from pipeline.training.chat_format import render_prompt
+from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
+from pipeline.training.reward_model import last_token_scores, score_head
 
 
 @dataclass
@@ -60,6 +63,11 @@ class Rollout:
 
     def ended_with_eos(self, eos_token_id: int) -> torch.Tensor:
         return self.response_ids.gather(1, self.last_index[:, None]).squeeze(1) == eos_token_id
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on the first real token, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> PromptBatch:
@@ -147,21 +155,6 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tor
     return (eos_seen_before == 0).long()
 
 
-def score_head(model) -> torch.nn.Module:
-    """The linear head of a sequence-classification model (`score` in Llama, Qwen, Mistral, GPT-NeoX...)."""
-    head = getattr(model, "score", None)
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no `score` head; PPO expects a scalar-head "
-                         "AutoModelForSequenceClassification reward model (num_labels=1)")
-    return head
-
-
-def packed_hidden_states(backbone, packed: PackedSequences) -> torch.Tensor:
-    """Last hidden states of a packed batch, (rows, width, H). No attention mask and no cache: then the
-    restarting position ids make transformers build the block-diagonal causal mask."""
-    return backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state
-
-
 def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     """(backbone, LM head, final logit soft-cap or None) of a causal LM, under a PEFT wrapper if any."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -195,12 +188,26 @@ def token_values(value_model, packed: PackedSequences) -> torch.Tensor:
     return score_head(value_model)(hidden[packed.response_rows, packed.response_cols]).squeeze(-1).float()
 
 
-@torch.inference_mode()
 def reward_scores(reward_model, rollout: Rollout | PackedSequences) -> torch.Tensor:
     """r_phi(x, y): the RM's scalar at each response's EOS (or last) token, (B,)."""
     packed = rollout if isinstance(rollout, PackedSequences) else pack_rollout(rollout)
-    hidden = packed_hidden_states(getattr(reward_model, reward_model.base_model_prefix), packed)
-    return score_head(reward_model)(hidden[packed.last_rows, packed.last_cols]).squeeze(-1).float()
+    return last_token_scores(reward_model, packed)
+
+
+@torch.inference_mode()
+def sequence_logprobs(model, rollout: Rollout | PackedSequences, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y | x) of each response: the log-probabilities of its real tokens summed, (B,)."""
+    packed = rollout if isinstance(rollout, PackedSequences) else pack_rollout(rollout)
+    return packed.to_padded(response_logprobs_packed(model, packed, temperature)).sum(1)
+
+
+def sequence_kl(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(pi || pi_ref) per response y ~ pi, in nats: log pi(y|x) - log pi_ref(y|x).
+
+    The sum over tokens of the k1 estimator; its mean over samples from pi is an unbiased estimate of
+    the per-sequence KL. Both arguments come from `sequence_logprobs` at the same temperature.
+    """
+    return policy_logprobs - reference_logprobs
 
 
 def pack_rollout(rollout: Rollout, rows: torch.Tensor | None = None) -> PackedSequences:

@@ -1,4 +1,7 @@
-"""What the PPO stage leaves behind: the SFT-vs-PPO evaluation on held-out prompts, saved models, curves."""
+"""What the PPO stage leaves behind: the SFT-vs-PPO evaluation on held-out prompts, and the saved models.
+
+The training curves are drawn by `pipeline.ppo.curves`.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,17 @@ from typing import Any
 
 import torch
 
-from pipeline.ppo.rollout import Rollout, encode_prompts, pack_rollout, response_logprobs_packed, reward_scores, sample_responses
-
-CURVE_PANELS = (
-    ("rm_score", "RM score"),
-    ("kl", "KL to SFT (per sequence)"),
-    ("total_reward", "total reward"),
-    ("entropy", "entropy (per token)"),
-    ("response_length", "response length (tokens)"),
-    ("value_loss", "value loss"),
-    ("clip_fraction", "clip fraction"),
-    ("explained_variance", "explained variance"),
-    ("beta", "beta (KL coefficient)"),
+from pipeline.data.statistics import mean_or_nan
+from pipeline.ppo.rollout import (
+    Rollout,
+    encode_prompts,
+    pack_rollout,
+    reward_scores,
+    sample_responses,
+    sequence_kl,
+    sequence_logprobs,
 )
+from pipeline.storage.contract import VALUE_MODEL_DIR
 
 
 @torch.no_grad()
@@ -29,8 +30,10 @@ def evaluate_against_reference(
 ) -> dict[str, Any]:
     """Sample answers to held-out prompts from SFT and from PPO; compare RM score, length and KL to SFT.
 
-    `kl_to_sft` is the mean over PPO samples of sum_t [log pi_ppo(y_t) - log pi_sft(y_t)], an
-    unbiased estimate of the per-sequence KL(pi_ppo || pi_sft) at the sampling temperature.
+    `kl_to_sft` is the mean over PPO samples of `sequence_kl` (sum_t [log pi_ppo(y_t) - log pi_sft(y_t)]),
+    an unbiased estimate of the per-sequence KL(pi_ppo || pi_sft) at the sampling temperature: the same
+    measurement as the evaluation report's `kl_ppo_vs_sft`, on the held-out tail of `ppo_prompts`
+    at PPO's training temperature instead of on `eval_prompts` at temperature 1.
     """
     repeated = [p for p in prompts for _ in range(settings.n_eval_samples)]
     sft_scores, ppo_scores, sft_lengths, ppo_lengths, kls = [], [], [], [], []
@@ -38,7 +41,7 @@ def evaluate_against_reference(
     for start in range(0, len(repeated), settings.batch_size):
         batch = encode_prompts(tokenizer, repeated[start : start + settings.batch_size], device)
         generator = torch.Generator(device=device).manual_seed(settings.seed + 7 + start)
-        with reference_policy.sampler() as sft_model:
+        with reference_policy.module() as sft_model:
             sft = sample_responses(sft_model, batch, settings.max_new_tokens, settings.temperature,
                                    tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
         ppo = sample_responses(policy, batch, settings.max_new_tokens, settings.temperature,
@@ -48,8 +51,10 @@ def evaluate_against_reference(
         ppo_scores += reward_scores(reward_model, packed).tolist()
         sft_lengths += sft.response_lengths.tolist()
         ppo_lengths += ppo.response_lengths.tolist()
-        log_ratio = response_logprobs_packed(policy, packed, settings.temperature) - reference_policy.logprobs(packed, settings.temperature)
-        kls += packed.to_padded(log_ratio).sum(1).tolist()
+        policy_logprobs = sequence_logprobs(policy, packed, settings.temperature)
+        with reference_policy.module() as sft_model:
+            reference_logprobs = sequence_logprobs(sft_model, packed, settings.temperature)
+        kls += sequence_kl(policy_logprobs, reference_logprobs).tolist()
         sft_texts += decode_responses(tokenizer, sft)
         ppo_texts += decode_responses(tokenizer, ppo)
     response_length_sft = mean_or_nan(sft_lengths)
@@ -80,33 +85,9 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
 
 def save_models(policy, value_model, tokenizer, output_dir: Path, merge_lora: bool) -> None:
     """The policy as a plain HF causal-LM dir at `output_dir` (LoRA merged in); the value model under `value_model/`."""
-    from pipeline.ppo.algorithm import VALUE_MODEL_DIR
-
     if merge_lora:
         policy = policy.merge_and_unload()
     policy.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     value_model.save_pretrained(output_dir / VALUE_MODEL_DIR)
     tokenizer.save_pretrained(output_dir / VALUE_MODEL_DIR)
-
-
-def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(3, 3, figsize=(12, 9))
-    episodes = [record["episodes"] for record in history]
-    for axis, (key, title) in zip(axes.flat, CURVE_PANELS):
-        axis.plot(episodes, [record.get(key) for record in history], marker=".")
-        axis.set_title(title)
-        axis.set_xlabel("episodes")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +51,10 @@ def input_identity(path: str | os.PathLike[str]) -> str:
     return match.group(1) if match else content_hash(path)
 
 
-def checkpoint_key(settings: BaseModel, inputs: Mapping[str, str | os.PathLike[str]]) -> str:
-    """A stable key for one training run: the settings plus the content of every input artifact."""
+def checkpoint_key(settings: Sequence[BaseModel], inputs: Mapping[str, str | os.PathLike[str]]) -> str:
+    """A stable key for one training run: every settings model it runs with plus the content of every input artifact."""
     identity = {
-        "settings": settings.model_dump(mode="json"),
+        "settings": [model.model_dump(mode="json") for model in settings],
         "inputs": {name: input_identity(path) for name, path in sorted(inputs.items())},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

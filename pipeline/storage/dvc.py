@@ -38,9 +38,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.storage.contract import CURRENT_DIR_NAME, DVC_MD5_KEY, DVC_OUT_KEY, DVC_STAGE_KEY
+
 logger = logging.getLogger(__name__)
 
-CURRENT_DIR_NAME = "current"
 DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
 ENV_SWITCH = "RLHF_DVC"
@@ -61,10 +62,6 @@ DEFAULT_DVC_CONFIG = f"""[core]
 # Not `dagster asset materialize --select`: Dagster's selection parser needs antlr4 4.13 and DVC's
 # hydra pins 4.9, so string selections fail in this environment.
 STAGE_COMMAND = "rlhf materialize {asset}"
-
-DVC_STAGE_KEY = "dvc_stage"
-DVC_OUT_KEY = "dvc_out"
-DVC_MD5_KEY = "dvc_md5"
 
 _OFF = {"0", "off", "false", "no"}
 _ON = {"1", "on", "true", "yes"}

@@ -89,22 +89,3 @@ def redact_secrets(value: Any, secrets: list[str] | None = None) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact_secrets(v, secrets) for v in value)
     return value
-
-
-def redact_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Dagster materialization metadata with secrets masked in text, markdown, JSON and path values."""
-    import dagster as dg
-
-    secrets = secret_values()
-    redacted: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if isinstance(value, dg.MarkdownMetadataValue):
-            value = dg.MetadataValue.md(redact_text(value.md_str, secrets))
-        elif isinstance(value, dg.JsonMetadataValue):
-            value = dg.MetadataValue.json(redact_secrets(value.data, secrets))
-        elif isinstance(value, dg.TextMetadataValue):
-            value = dg.MetadataValue.text(redact_text(value.text, secrets))
-        elif isinstance(value, (str, list, dict)):
-            value = redact_secrets(value, secrets)
-        redacted[key] = value
-    return redacted

@@ -14,26 +14,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pipeline.settings import PretrainSettings, TinyModelSpec  # re-exported
+from pipeline.settings import PretrainSettings, TinyModelSpec
+from pipeline.training.chat_format import ASSISTANT, BOS, CHAT_TEMPLATE, EOS, PAD, UNK, USER
 
 logger = logging.getLogger(__name__)
-
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-USER, ASSISTANT = "<|user|>", "<|assistant|>"
-ROLE_MARKERS = (USER, ASSISTANT)
-
-# The prompt a model sees is the user turn followed by the assistant header; the assistant's
-# answer ends with the eos token. Rendering the prompt alone gives a prefix of prompt+answer.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}<|user|>\n{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}{{ eos_token }}\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
@@ -200,10 +184,3 @@ def ensure_distinct_pad_token(tokenizer, model) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-
-def render_prompt(tokenizer, prompt: str) -> str:
-    """The text a chat model sees before it answers `prompt`."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )

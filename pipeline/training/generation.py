@@ -1,13 +1,15 @@
-"""Batched generation with left padding, shared by the probe, SFT evaluation and the evaluation report."""
+"""Batched generation with left padding, shared by the probe, SFT evaluation and the evaluation report.
+
+torch is imported by `generate` itself: `Generation` is also the base of the evaluation's `Answer`,
+which the report reads without loading torch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
-from pipeline.training.base_model import ROLE_MARKERS, render_prompt
+from pipeline.training.chat_format import ROLE_MARKERS, render_prompt
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,6 @@ def load_causal_lm(model_dir, choice):
     return model.to(choice.device).eval(), tokenizer
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -45,6 +46,15 @@ def generate(
     progress_desc: str | None = None,
 ) -> list[Generation]:
     """Answer each (raw, un-templated) prompt; temperature 0 means greedy decoding."""
+    import torch
+
+    with torch.no_grad():
+        return _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, progress_desc)
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, progress_desc) -> list[Generation]:
+    import torch
+
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     model.eval()

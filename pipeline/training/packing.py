@@ -1,5 +1,7 @@
 """Padding-free forward passes: several sequences share one row, so no FLOP is spent on padding.
 
+Every forward pass that reads a model's outputs at known tokens runs packed: PPO's rollout scoring
+and update (`pipeline.ppo.rollout`) and every reward-model score (`pipeline.training.reward_model`).
 A PPO rollout is laid out as `[left-padded prompt | response padded after EOS]`; on the default
 data about a third of those positions are padding. Packing lays the real tokens of each sequence
 end to end in rows as wide as the longest sequence (first-fit decreasing) and restarts the position
@@ -103,3 +105,9 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: 
         last_cols=col[last],
         response_mask=response_mask,
     )
+
+
+def packed_hidden_states(backbone, packed: PackedSequences) -> torch.Tensor:
+    """Last hidden states of a packed batch, (rows, width, H). No attention mask and no cache: then the
+    restarting position ids make transformers build the block-diagonal causal mask."""
+    return backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state

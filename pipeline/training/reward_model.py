@@ -1,7 +1,9 @@
 """Reward model: TRL's `RewardTrainer` (Bradley-Terry) on a scalar head initialised from the SFT checkpoint.
 
-`score` reads the reward at the last non-pad token of prompt + response + EOS; PPO and the
-evaluation report use the same function, so every stage scores answers the same way.
+One implementation reads the reward: `last_token_scores`, the scalar head on the hidden state of each
+sequence's last token (the EOS of prompt + response + EOS), in a packed forward pass. PPO scores its
+rollouts with it (`pipeline.ppo.rollout.reward_scores`, on token ids); `score` is the same for
+(prompt, response) texts, which the reward model's held-out evaluation and the evaluation report use.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 
 import torch
 
-from pipeline.training.base_model import render_prompt
-from pipeline.training.device import select_device
-from pipeline.training.logprobs import position_ids_for
-from pipeline.training.sft import split_held_out
-from pipeline.settings import RewardSettings  # re-exported
+from pipeline.data.records import split_held_out
+from pipeline.data.statistics import pearson_correlation
+from pipeline.settings import RewardSettings
+from pipeline.training.chat_format import render_prompt
+from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
+from pipeline.training.trainers import save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +52,27 @@ def count_too_long(tokenizer, pairs: Sequence[dict[str, Any]], max_length: int) 
     return dropped
 
 
-@torch.no_grad()
+def score_head(model) -> torch.nn.Module:
+    """The linear head of a sequence-classification model (`score` in Llama, Qwen, Mistral, GPT-NeoX...)."""
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no `score` head; a reward model here is a scalar-head "
+                         "AutoModelForSequenceClassification (num_labels=1)")
+    return head
+
+
+@torch.inference_mode()
+def last_token_scores(reward_model, packed: PackedSequences) -> torch.Tensor:
+    """r_phi(x, y): the scalar head at each packed sequence's last token (its EOS, when it has one), (B,), float32."""
+    hidden = packed_hidden_states(getattr(reward_model, reward_model.base_model_prefix), packed)
+    return score_head(reward_model)(hidden[packed.last_rows, packed.last_cols]).squeeze(-1).float()
+
+
 def score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32, max_length: int = 512) -> list[float]:
-    """Scalar reward for each (raw prompt, response) pair."""
+    """Scalar reward for each (raw prompt, response) pair: `last_token_scores` on prompt + response + EOS.
+
+    Each text is cut to `max_length` tokens, as the trainer cuts its training pairs.
+    """
     device = next(model.parameters()).device
     model.eval()
     tokenizer.padding_side = "left"
@@ -64,21 +85,10 @@ def score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], ba
         encoded = tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=max_length,
         ).to(device)
-        # Positions start at the first real token, as in training, whatever the left padding.
-        position_ids = position_ids_for(encoded["attention_mask"])
-        scores.extend(model(**encoded, position_ids=position_ids).logits[:, 0].float().tolist())
+        # Left-padded rows with nothing after column `width`: pack them as whole sequences.
+        packed = pack(encoded["input_ids"], encoded["attention_mask"], encoded["input_ids"].shape[1])
+        scores.extend(last_token_scores(model, packed).tolist())
     return scores
-
-
-def _pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
-    n = len(xs)
-    if n < 2:
-        return float("nan")
-    mean_x, mean_y = sum(xs) / n, sum(ys) / n
-    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
-    var_x = sum((x - mean_x) ** 2 for x in xs)
-    var_y = sum((y - mean_y) ** 2 for y in ys)
-    return cov / math.sqrt(var_x * var_y) if var_x > 0 and var_y > 0 else 0.0
 
 
 def calibration_table(margins: Sequence[float], n_bins: int, seed: int) -> list[dict[str, float]]:
@@ -120,7 +130,7 @@ def evaluate_reward_model(model, tokenizer, pairs: Sequence[dict[str, Any]], set
     return {
         "held_out_accuracy": sum(m > 0 for m in margins) / len(margins),
         "mean_margin": sum(margins) / len(margins),
-        "reward_length_correlation": _pearson(chosen + rejected, [float(n) for n in lengths]),
+        "reward_length_correlation": pearson_correlation(chosen + rejected, lengths),
         "accuracy_by_failure_mode": {mode: sum(v) / len(v) for mode, v in sorted(per_mode.items())},
         "calibration": calibration_table(margins, settings.calibration_bins, settings.seed),
         "examples": [
@@ -142,25 +152,11 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
     n_dropped = count_too_long(tokenizer, train, settings.max_length)
     if n_dropped == len(train):
         raise ValueError(f"all {len(train)} training pairs exceed max_length={settings.max_length} tokens")
-    choice = select_device(settings.device)
     with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
         args = RewardConfig(
-            output_dir=scratch,
-            learning_rate=settings.learning_rate,
-            num_train_epochs=settings.epochs,
-            per_device_train_batch_size=settings.batch_size,
-            max_length=settings.max_length,
-            warmup_steps=settings.warmup_ratio,
-            lr_scheduler_type="cosine",
+            **trainer_arguments(settings, scratch),
             center_rewards_coefficient=settings.center_rewards_coefficient or None,
-            logging_steps=5,
             save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            seed=settings.seed,
-            use_cpu=choice.device.type == "cpu",
-            bf16=choice.use_bf16,
-            dataloader_num_workers=0,
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=to_preference_dataset(tokenizer, train), processing_class=tokenizer,
@@ -170,9 +166,7 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
             {"step": log["step"], "loss": log["loss"], "accuracy": log.get("accuracy")}
             for log in trainer.state.log_history if "loss" in log
         ]
-    model = trainer.model.eval()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    model = save_trained_model(trainer, tokenizer, output_dir)
     metrics = evaluate_reward_model(model, tokenizer, held_out or train, settings)
     metrics.update({
         "train_loss": result.training_loss,

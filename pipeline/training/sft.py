@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -11,28 +10,15 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.training.base_model import render_prompt
-from pipeline.data.conversations import AssistantTurns, assistant_turn_examples
-
-from pipeline.training.device import select_device
-from pipeline.training.generation import generate
-from pipeline.orchestration.launchers import save_trained_model
+from pipeline.data.conversations import assistant_turn_examples
+from pipeline.data.records import split_held_out
+from pipeline.settings import AssistantTurns, SftSettings
 from pipeline.storage.checkpoints import TrainingScratch
-from pipeline.settings import SftSettings  # re-exported
+from pipeline.training.chat_format import render_prompt
+from pipeline.training.generation import generate
+from pipeline.training.trainers import save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
-
-
-def split_held_out(records: Sequence[dict[str, Any]], fraction: float, seed: int):
-    """Deterministic train / held-out split; the held-out part has at least one record."""
-    indices = list(range(len(records)))
-    random.Random(f"split:{seed}").shuffle(indices)
-    n_held_out = max(1, round(len(records) * fraction)) if fraction > 0 else 0
-    held_out = [records[i] for i in sorted(indices[:n_held_out])]
-    train = [records[i] for i in sorted(indices[n_held_out:])]
-    if not train:
-        raise ValueError(f"{len(records)} records leave nothing to train on with held_out_fraction={fraction}")
-    return train, held_out
 
 
 def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant_turns: AssistantTurns = "all"):
@@ -58,32 +44,18 @@ def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant
 def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_checkpoints: bool = False):
     from trl import SFTConfig
 
-    choice = select_device(settings.device)
     return SFTConfig(
-        output_dir=output_dir,
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        **trainer_arguments(settings, output_dir),
         per_device_eval_batch_size=settings.batch_size,
-        max_length=settings.max_length,
         completion_only_loss=True,
         packing=False,
-        warmup_steps=settings.warmup_ratio,
         weight_decay=settings.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=5,
         # The held-out loss through training: the curve that shows SFT ran to convergence.
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=settings.held_out_eval_every,
+        **({"eval_strategy": "steps", "eval_steps": settings.held_out_eval_every} if has_eval else {}),
         save_strategy="steps" if save_checkpoints else "no",
         save_steps=settings.checkpoint_every_steps,
         # Two, not one: if the process dies while writing the newest, the one before is complete.
         save_total_limit=2,
-        report_to="none",
-        seed=settings.seed,
-        use_cpu=choice.device.type == "cpu",
-        bf16=choice.use_bf16,
-        dataloader_num_workers=0,
         dataset_num_proc=None,
         do_eval=has_eval,
     )

@@ -1,0 +1,224 @@
+"""The evaluation's numbers from answers, judgements and KL samples: statistics only, no models.
+
+Per-model means with 95% percentile-bootstrap intervals (resampling prompts), pairwise win rates
+by three judges (reward model, rule checker, a pluggable pairwise judge) and spot checks for
+reward hacking; `summarise` puts them into an `EvaluationResult`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.statistics import pearson_correlation
+from pipeline.evaluation.judges import JudgedPair
+from pipeline.evaluation.result import (
+    MODELS,
+    PAIRS,
+    Answer,
+    EvaluationResult,
+    JudgeWinRate,
+    Judgement,
+    KlEstimate,
+    LengthQuantiles,
+    ModelMetrics,
+    PairWinRates,
+    SpotChecks,
+    WinRate,
+    pair_key,
+)
+from pipeline.settings import EvaluationSettings
+
+CI_LEVEL = 0.95
+
+
+def bootstrap_mean_ci(values: Sequence[float], n_resamples: int, seed: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean: resample the values with replacement."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+def mean_with_ci(values: Sequence[float], n_resamples: int, seed: int) -> tuple[float | None, list[float] | None]:
+    if len(values) == 0:
+        return None, None
+    return float(np.mean(values)), list(bootstrap_mean_ci(values, n_resamples, seed))
+
+
+def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int) -> ModelMetrics:
+    """Per-model numbers: RM score and checker accuracy with intervals, format adherence, lengths."""
+    scores = [a.rm_score for a in answers]
+    checked = [float(a.checker_passed) for a in answers if a.checker_passed is not None]
+    formatted = [float(a.well_formatted) for a in answers]
+    lengths = np.asarray([a.n_tokens for a in answers], dtype=float)
+    rm_mean, rm_ci = mean_with_ci(scores, n_resamples, seed)
+    accuracy, accuracy_ci = mean_with_ci(checked, n_resamples, seed + 1)
+    adherence, adherence_ci = mean_with_ci(formatted, n_resamples, seed + 2)
+    return ModelMetrics(
+        n_answers=len(answers),
+        rm_score_mean=rm_mean,
+        rm_score_ci95=rm_ci,
+        checker_accuracy=accuracy,
+        checker_accuracy_ci95=accuracy_ci,
+        n_verifiable=len(checked),
+        format_adherence=adherence,
+        format_adherence_ci95=adherence_ci,
+        ends_with_eos_rate=float(np.mean([a.ended_with_eos for a in answers])),
+        role_marker_rate=float(np.mean([a.echoed_role_marker for a in answers])),
+        mean_length=float(lengths.mean()),
+        length_tokens=LengthQuantiles(
+            p10=float(np.percentile(lengths, 10)),
+            median=float(np.median(lengths)),
+            p90=float(np.percentile(lengths, 90)),
+            max=float(lengths.max()),
+        ),
+        mean_length_chars=float(np.mean([a.n_chars for a in answers])),
+        rm_length_correlation=pearson_correlation(scores, lengths),
+    )
+
+
+def _counts(outcomes: Sequence[float]) -> dict[str, int]:
+    return {
+        "n": len(outcomes),
+        "wins": sum(o == 1.0 for o in outcomes),
+        "ties": sum(o == 0.5 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes),
+    }
+
+
+def win_rate(outcomes: Sequence[float], n_resamples: int, seed: int) -> WinRate:
+    """Win rate of x over y from per-prompt outcomes (1 win, 0.5 tie, 0 loss), with its interval."""
+    rate, ci = mean_with_ci(outcomes, n_resamples, seed)
+    return WinRate(rate=rate, ci95=ci, **_counts(outcomes))
+
+
+def judge_win_rate(pairs: Sequence[JudgedPair], judge_name: str, n_resamples: int, seed: int) -> JudgeWinRate:
+    """The pairwise judge's win rate, and how often X was shown first and A was picked (position bias)."""
+    outcomes = [p.outcome for p in pairs]
+    rate, ci = mean_with_ci(outcomes, n_resamples, seed)
+    position_a = [p.verdict.winner == "A" for p in pairs if p.verdict.winner != "tie"]
+    return JudgeWinRate(
+        rate=rate, ci95=ci, **_counts(outcomes),
+        judge=judge_name,
+        x_shown_first_fraction=float(np.mean([p.x_shown_as == "A" for p in pairs])),
+        a_picked_fraction=float(np.mean(position_a)) if position_a else None,
+    )
+
+
+def rm_outcomes(x: Sequence[Answer], y: Sequence[Answer], tie_margin: float) -> list[float]:
+    return [
+        0.5 if abs(a.rm_score - b.rm_score) <= tie_margin else float(a.rm_score > b.rm_score)
+        for a, b in zip(x, y)
+    ]
+
+
+def checker_outcomes(x: Sequence[Answer], y: Sequence[Answer]) -> list[float]:
+    """Only verifiable prompts: a correct answer beats a wrong one; equal verdicts tie."""
+    return [
+        0.5 if a.checker_passed == b.checker_passed else float(bool(a.checker_passed))
+        for a, b in zip(x, y) if a.checker_passed is not None
+    ]
+
+
+def kl_estimate(kl: Mapping[str, Any] | None, n_resamples: int, seed: int) -> KlEstimate | None:
+    """The mean KL per answer with its interval, from `evaluate.kl_to_reference`'s per-sequence values."""
+    if kl is None or not kl["per_sequence"]:
+        return None
+    mean, ci = mean_with_ci(kl["per_sequence"], n_resamples, seed)
+    return KlEstimate(
+        mean=mean, ci95=ci, per_token=sum(kl["per_sequence"]) / max(1, kl["n_tokens"]), n_samples=len(kl["per_sequence"]),
+    )
+
+
+def summarise(
+    answers: Mapping[str, Sequence[Answer]],
+    judged: Mapping[str, Sequence[JudgedPair]],
+    kl: Mapping[str, Any] | None,
+    judge_name: str,
+    settings: EvaluationSettings,
+) -> EvaluationResult:
+    """Turn answers, judgements and KL samples into the report's numbers (no models involved)."""
+    n_boot, seed = settings.n_bootstrap, settings.seed
+    models = {name: model_metrics(answers[name], n_boot, seed) for name in MODELS}
+    win_rates: dict[str, PairWinRates] = {}
+    for index, (x, y) in enumerate(PAIRS):
+        key = pair_key(x, y)
+        win_rates[key] = PairWinRates(
+            reward_model=win_rate(rm_outcomes(answers[x], answers[y], settings.rm_tie_margin), n_boot, seed + 10 + index),
+            rule_checker=win_rate(checker_outcomes(answers[x], answers[y]), n_boot, seed + 20 + index),
+            pairwise_judge=judge_win_rate(judged[key], judge_name, n_boot, seed + 30 + index),
+        )
+    judgements = [
+        Judgement(
+            pair=key, prompt=p.prompt, x_shown_as=p.x_shown_as, winner_position=p.verdict.winner,
+            winner_model={1.0: x, 0.0: y}.get(p.outcome, "tie"), outcome_for_x=p.outcome, reason=p.verdict.reason,
+        )
+        for (x, y) in PAIRS for key in [pair_key(x, y)] for p in judged[key]
+    ]
+    return EvaluationResult(
+        n_prompts=len(answers["ppo"]),
+        n_verifiable=models["ppo"].n_verifiable,
+        judge=judge_name,
+        models=models,
+        win_rates=win_rates,
+        kl=kl_estimate(kl, n_boot, seed + 40),
+        spot_checks=spot_checks(answers, settings.n_spot_checks),
+        judgements=judgements,
+        answers={name: list(answers[name]) for name in MODELS},
+    )
+
+
+# --- spot checks -------------------------------------------------------------------------------
+
+
+def _checker_label(answer: Answer) -> str:
+    return "n/a" if answer.checker_passed is None else ("pass" if answer.checker_passed else "FAIL")
+
+
+def spot_checks(answers: Mapping[str, Sequence[Answer]], n: int) -> SpotChecks:
+    """The highest-reward PPO answers, and where the reward model and the rule checker disagree most.
+
+    A disagreement is a pair of answers to one verifiable prompt where the checker passes one and
+    fails the other but the reward model scores the failing one higher: the larger that margin,
+    the likelier the policy found something the RM likes that is not correct (reward hacking).
+    Answers that fail the checker yet score above the median passing answer are listed too.
+    """
+    top_ppo = sorted(answers["ppo"], key=lambda a: a.rm_score, reverse=True)[:n]
+    disagreements = []
+    for x, y in PAIRS:
+        for a, b in zip(answers[x], answers[y]):
+            if a.checker_passed is None or a.checker_passed == b.checker_passed:
+                continue
+            wrong, right, wrong_model, right_model = (b, a, y, x) if a.checker_passed else (a, b, x, y)
+            margin = wrong.rm_score - right.rm_score
+            if margin > 0:
+                disagreements.append({
+                    "prompt": a.prompt, "rm_margin": margin,
+                    "rm_preferred_model": wrong_model, "rm_preferred_answer": wrong.response,
+                    "checker_passed_model": right_model, "checker_passed_answer": right.response,
+                })
+    disagreements.sort(key=lambda row: row["rm_margin"], reverse=True)
+    passing = [a.rm_score for name in MODELS for a in answers[name] if a.checker_passed]
+    threshold = float(np.median(passing)) if passing else math.inf
+    wrong_but_liked = sorted(
+        ({"model": name, "prompt": a.prompt, "response": a.response, "rm_score": a.rm_score, "n_tokens": a.n_tokens}
+         for name in MODELS for a in answers[name] if a.checker_passed is False and a.rm_score > threshold),
+        key=lambda row: row["rm_score"], reverse=True,
+    )
+    return SpotChecks(
+        top_ppo_by_rm=[
+            {"prompt": a.prompt, "response": a.response, "rm_score": a.rm_score, "n_tokens": a.n_tokens,
+             "checker": _checker_label(a), "well_formatted": a.well_formatted}
+            for a in top_ppo
+        ],
+        rm_checker_disagreements=disagreements[:n],
+        failed_but_high_rm=wrong_but_liked[:n],
+    )
