@@ -154,12 +154,14 @@ def test_training_raises_the_rm_score_with_bounded_kl_and_leaves_frozen_models_a
 
 def test_a_very_large_beta_keeps_the_policy_at_the_reference(tiny_models, tmp_path):
     sft_dir, rm_dir, prompts = tiny_models
-    summary = train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(total_episodes=128, kl_coef=1000.0, **FAST))
+    summary = train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(total_episodes=128, kl_coef=1000.0, adaptive_kl=False, **FAST))
     history = [json.loads(line) for line in (tmp_path / "ppo_train_metrics.jsonl").read_text().splitlines()]
     # The first update cannot feel beta (its rollout comes from the reference, so every KL_t is 0);
     # from then on the penalty pulls the policy back. Per-step KLs are estimates from 32 one-token
-    # answers, so they only stay small; the final policy's KL on held-out prompts is near 0.
-    assert abs(summary["kl_to_sft"]) < 0.1
+    # answers, so they only stay small; the final policy's KL on held-out prompts (an estimate from
+    # 4 x 8 one-token answers) is near 0, where without the penalty it passes 0.5 within a few steps
+    # (test_training_stops_at_the_kl_bound_and_keeps_the_last_policy_inside_it).
+    assert abs(summary["kl_to_sft"]) < 0.2
     assert all(abs(r["kl"]) < 0.2 for r in history)
 
 
