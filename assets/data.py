@@ -32,7 +32,12 @@ class DataSourceConfig(dg.Config, SourceSettings):
 
 
 class SftDataConfig(DataSourceConfig):
-    n_records: int = Field(400, gt=0)
+    n_records: int = Field(1200, gt=0)
+    flawed_fraction: float = Field(
+        0.4, ge=0, le=1, description="share of generated demonstrations that fall short (a wrong final answer, "
+        "padding, vagueness, repetition), as real demonstrations vary: SFT imitates them all, the reward model "
+        "learns from comparisons which answers are better, and PPO moves the policy towards those"
+    )
 
 
 class PreferenceDataConfig(DataSourceConfig):
@@ -44,7 +49,7 @@ class PpoPromptsConfig(DataSourceConfig):
 
 
 class EvalPromptsConfig(DataSourceConfig):
-    n_records: int = Field(48, gt=0)
+    n_records: int = Field(64, gt=0)
 
 
 def _length_stats(records: list[dict[str, Any]], field: str) -> dict[str, float]:
@@ -58,6 +63,9 @@ def _stats(records: list[dict[str, Any]], text_fields: tuple[str, ...]) -> dict[
         stats.update(_length_stats(records, field))
     kinds = Counter(r.get("kind") or "user" for r in records)
     stats["kinds"] = dict(sorted(kinds.items()))
+    if any(r.get("flaw") is not None for r in records):
+        flaws = Counter(r.get("flaw") or "none" for r in records)
+        stats["demonstration_flaws"] = dict(sorted(flaws.items()))
     if "chosen" in text_fields:
         modes = Counter(r.get("failure_mode") or "unknown" for r in records)
         stats["failure_modes"] = dict(sorted(modes.items()))
@@ -109,7 +117,9 @@ def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts
     if config.source:
         records, source = _user_records(context, config, "sft")
     else:
-        records, source = generator.sft_records(config.n_records, config.seed, config.explanation_fraction), None
+        records, source = generator.sft_records(
+            config.n_records, config.seed, config.explanation_fraction, config.flawed_fraction,
+        ), None
     return _materialize_data(context, artifacts, records, ("prompt", "completion"), source)
 
 

@@ -79,7 +79,7 @@ class PretrainSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    pretrain_steps: int = Field(200, ge=0)
+    pretrain_steps: int = Field(300, ge=0)
     pretrain_batch_size: int = Field(16, gt=0)
     pretrain_sequence_length: int = Field(128, gt=0)
     pretrain_learning_rate: float = Field(3e-3, gt=0)
@@ -98,7 +98,7 @@ class SftSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate (cosine schedule)")
+    learning_rate: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule)")
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(256, gt=0, description="prompt + answer tokens; longer examples are truncated")
