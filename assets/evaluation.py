@@ -18,6 +18,7 @@ from pipeline.storage.contract import (
     EVAL_JSON,
     LENGTH_HISTOGRAMS_PNG,
     PPO_METRICS_FILE,
+    PPO_SUMMARY_FILE,
     REPORT_HTML,
     REPORT_MD,
     TRAINING_CURVES_PNG,
@@ -70,6 +71,7 @@ def evaluation_report(
             "reward_model": str(reward_model), "eval_prompts": str(eval_prompts),
         },
         settings=settings.model_dump(),
+        kl_bound=_ppo_summary(ppo_policy).get("kl_bound"),
     )
     training_rows, training_note = read_training_metrics(ppo_policy / PPO_METRICS_FILE)
     if training_note:
@@ -90,6 +92,14 @@ def evaluation_report(
         "ppo_vs_sft_win_rate_checker": ppo_vs_sft.rule_checker.rate,
         "ppo_vs_sft_win_rate_judge": ppo_vs_sft.pairwise_judge.rate,
         "kl_ppo_vs_sft": result.kl.mean if result.kl else None,
+        "kl_bound": result.kl_bound,
+        "decoding": result.decoding.label,
+        "ppo_minus_sft_checker_accuracy": result.checker_accuracy_difference["ppo_vs_sft"].difference,
+        "length_ratio_ppo_vs_sft": result.length_ratio("ppo", "sft"),
+        **{f"concept_match_{m}": models[m].concept_match_rate for m in models},
+        **({"greedy_ppo_vs_sft_win_rate_rm": result.greedy.win_rates["ppo_vs_sft"].reward_model.rate,
+            "greedy_ppo_minus_sft_checker_accuracy": result.greedy.checker_accuracy_difference["ppo_vs_sft"].difference}
+           if result.greedy else {}),
         "judge": result.judge,
         "n_prompts": result.n_prompts,
         "n_verifiable": result.n_verifiable,
@@ -109,6 +119,12 @@ def evaluation_report(
     # Dagster metadata floats must be numbers; an undefined value (e.g. no verifiable prompts) is left out.
     output = artifact_output(context, path, {k: v for k, v in metadata.items() if v is not None})
     return record_in_dvc(context, output)
+
+
+def _ppo_summary(ppo_policy: Path) -> dict:
+    """The PPO stage's summary (its settings' kl_bound among them); empty for a policy trained elsewhere."""
+    path = ppo_policy / PPO_SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @dg.asset_check(

@@ -226,10 +226,18 @@ class EvaluationSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_new_tokens: int = Field(64, gt=0, description="answer length limit for every model")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy answers (deterministic)")
-    batch_size: int = Field(48, gt=0)
-    kl_samples_per_prompt: int = Field(2, gt=0, description="PPO samples per prompt for the KL estimate")
+    max_new_tokens: int = Field(96, gt=0, description="answer length limit for every model")
+    temperature: float = Field(
+        1.0, ge=0, description="decoding of the primary comparison: 1 samples the policy PPO trains (the default), "
+        "0 compares greedy answers only"
+    )
+    samples_per_prompt: int = Field(4, gt=0, description="sampled answers per prompt (temperature > 0)")
+    greedy_comparison: bool = Field(True, description="with sampling, also compare greedy answers (eval.json `greedy`)")
+    batch_size: int = Field(64, gt=0)
+    kl_samples_per_prompt: int = Field(
+        2, gt=0, description="PPO samples per prompt for the KL estimate when temperature is not 1 (at 1 the "
+        "comparison's own samples serve)"
+    )
     n_bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for every 95% interval")
     n_spot_checks: int = Field(5, gt=0)
     rm_tie_margin: float = Field(0.0, ge=0, description="RM score differences up to this count as ties")

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.data.generator import pretraining_text, prompt_records
 from pipeline.settings import EvaluationSettings
-from pipeline.evaluation.evaluate import evaluate, kl_to_reference, sample_for_kl
+from pipeline.evaluation.evaluate import evaluate, kl_to_reference, sample_answers
 from pipeline.ppo.rollout import sequence_logprobs
 from pipeline.evaluation.judges import HeuristicJudge, judge_pairs
 
@@ -58,11 +58,15 @@ def test_kl_samples_are_scored_consistently_with_sampling(tiny_models):
     ppo, tokenizer = _load(tiny_models["ppo"])
     sft, _ = _load(tiny_models["sft"])
     prompts = [r["prompt"] for r in prompt_records(5, 0, "eval")]
-    samples = sample_for_kl(ppo, tokenizer, prompts, samples_per_prompt=2, max_new_tokens=6, batch_size=4, seed=0)
+    samples = sample_answers(ppo, tokenizer, prompts, samples_per_prompt=2, temperature=1.0, max_new_tokens=6,
+                             batch_size=4, seed=0, with_logprobs=True)
     # The forward-pass log-probs of the sampled tokens equal those at sampling time (padding handled alike).
-    for rollout, sums in zip(samples.batches, samples.policy_logprob_sums):
+    for rollout, sums in zip(samples.batches, samples.logprob_sums):
         assert torch.allclose(sums, rollout.logprobs.sum(1).cpu(), atol=1e-3)
-    assert sum(len(s) for s in samples.policy_logprob_sums) == 10
+    assert sum(len(s) for s in samples.logprob_sums) == 10
+    # Each prompt's answers come together, decoded from the rollout up to its EOS.
+    assert [g.prompt for g in samples.generations] == [p for p in prompts for _ in range(2)]
+    assert all(g.n_tokens <= 6 for g in samples.generations)
     # A policy has zero KL to itself, and a perturbed one has positive KL to the original.
     assert kl_to_reference(samples, ppo)["per_sequence"] == pytest.approx([0.0] * 10, abs=1e-5)
     kl = kl_to_reference(samples, sft)
@@ -74,7 +78,9 @@ def test_kl_samples_are_scored_consistently_with_sampling(tiny_models):
 def test_evaluate_scores_checks_and_judges_every_answer(tiny_models):
     records = prompt_records(6, 0, "eval")
     dirs = {name: tiny_models[name] for name in ("base", "sft", "ppo")}
-    result = evaluate(dirs, tiny_models["reward_model"], records, EvaluationSettings(**FAST_SETTINGS), HeuristicJudge()).to_dict()
+    settings = EvaluationSettings(**FAST_SETTINGS, temperature=0.0)  # greedy only: one answer per prompt
+    result = evaluate(dirs, tiny_models["reward_model"], records, settings, HeuristicJudge()).to_dict()
+    assert result["decoding"]["label"] == "greedy" and "greedy" not in result
     assert result["n_prompts"] == 6 and result["judge"] == "heuristic"
     n_verifiable = sum(r["kind"] == "verifiable" for r in records)
     assert result["n_verifiable"] == n_verifiable > 0
@@ -88,6 +94,40 @@ def test_evaluate_scores_checks_and_judges_every_answer(tiny_models):
     assert result["win_rates"]["ppo_vs_sft"]["pairwise_judge"]["n"] == 6
     assert result["kl_ppo_vs_sft"] is not None and result["kl_n_samples"] == 12
     assert len(result["judgements"]) == 18
+
+
+def test_the_primary_comparison_samples_several_answers_per_prompt_and_greedy_sits_beside_it(tiny_models):
+    records = prompt_records(6, 0, "eval")
+    dirs = {name: tiny_models[name] for name in ("base", "sft", "ppo")}
+    settings = EvaluationSettings(**FAST_SETTINGS, temperature=1.0, samples_per_prompt=3)
+    result = evaluate(dirs, tiny_models["reward_model"], records, settings, HeuristicJudge()).to_dict()
+    n_verifiable = sum(r["kind"] == "verifiable" for r in records)
+    n_explanations = sum(r["kind"] == "explanation" for r in records)
+    assert result["decoding"] == {"temperature": 1.0, "samples_per_prompt": 3,
+                                  "label": "sampled at temperature 1, 3 answers per prompt"}
+    assert result["n_prompts"] == 6 and result["n_verifiable"] == n_verifiable
+    for name in ("base", "sft", "ppo"):
+        answers = result["answers"][name]
+        assert [a["prompt"] for a in answers] == [r["prompt"] for r in records for _ in range(3)]
+        model = result["models"][name]
+        assert model["n_answers"] == 18 and model["n_explanations"] == n_explanations
+        assert sum(t["n"] for t in model["checker_accuracy_by_task"].values()) == 3 * n_verifiable
+        assert {a["task_type"] for a in answers if a["task_type"]} == set(model["checker_accuracy_by_task"])
+        assert [a["concept_matched"] is None for a in answers] == [r["kind"] != "explanation" for r in records for _ in range(3)]
+        assert 0 <= model["concept_match_rate"] <= 1
+    assert result["win_rates"]["ppo_vs_sft"]["rule_checker"]["n"] == 3 * n_verifiable
+    assert result["win_rates"]["ppo_vs_sft"]["pairwise_judge"]["n"] == 18
+    difference = result["checker_accuracy_difference"]["ppo_vs_sft"]
+    ppo, sft = result["models"]["ppo"]["checker_accuracy"], result["models"]["sft"]["checker_accuracy"]
+    assert difference["difference"] == pytest.approx(ppo - sft) and difference["n_prompts"] == n_verifiable
+    assert difference["ci95"][0] <= difference["difference"] <= difference["ci95"][1]
+    # The comparison's PPO samples are draws at temperature 1: they serve the KL estimate too.
+    assert result["kl_n_samples"] == 18
+    greedy = result["greedy"]
+    assert greedy["decoding"]["label"] == "greedy" and greedy["n_prompts"] == 6
+    assert [a["prompt"] for a in greedy["answers"]["ppo"]] if "answers" in greedy else True
+    assert greedy["win_rates"]["ppo_vs_sft"]["rule_checker"]["n"] == n_verifiable
+    assert greedy["models"]["ppo"]["n_answers"] == 6
 
 
 def test_a_local_causal_lm_can_judge(tiny_models):

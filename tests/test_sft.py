@@ -46,3 +46,18 @@ def test_held_out_split_is_deterministic_and_disjoint():
     assert len(held_out) == 10 and len(train) == 40
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
     assert split_held_out(records, 0.2, seed=3) == (train, held_out)
+
+
+def test_training_records_the_held_out_loss_curve_and_plots_it(tmp_path):
+    from pipeline.training.sft import plot_loss_curves, train_sft
+
+    tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=512)
+    model = build_tiny_llama(tokenizer, TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    settings = SftSettings(batch_size=8, epochs=2, held_out_eval_every=0.25, n_format_samples=2, max_new_tokens=4, device="cpu")
+    metrics = train_sft(tmp_path / "base", sft_records(48, 0), tmp_path / "sft", settings)
+    curve = metrics["held_out_loss_curve"]
+    assert len(curve) >= 4 and [p["step"] for p in curve] == sorted(p["step"] for p in curve)
+    assert curve[-1]["held_out_loss"] == metrics["held_out_loss"] < metrics["held_out_loss_before"]
+    assert plot_loss_curves(metrics, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 0

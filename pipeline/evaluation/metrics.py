@@ -1,8 +1,13 @@
 """The evaluation's numbers from answers, judgements and KL samples: statistics only, no models.
 
 Per-model means with 95% percentile-bootstrap intervals (resampling prompts), pairwise win rates
-by three judges (reward model, rule checker, a pluggable pairwise judge) and spot checks for
-reward hacking; `summarise` puts them into an `EvaluationResult`.
+by three judges (reward model, rule checker, a pluggable pairwise judge), the checker-accuracy
+difference of PPO and SFT, and spot checks for reward hacking; `summarise` puts them into an
+`EvaluationResult`.
+
+With several sampled answers per prompt, the answers to one prompt are not independent draws of
+the evaluation, so every interval resamples prompts: each prompt's answers are averaged first
+(answers come grouped, `samples_per_prompt` consecutive answers per prompt).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from pipeline.evaluation.judges import JudgedPair
 from pipeline.evaluation.result import (
     MODELS,
     PAIRS,
+    AccuracyDifference,
     Answer,
+    Decoding,
     EvaluationResult,
     JudgeWinRate,
     Judgement,
@@ -27,6 +34,7 @@ from pipeline.evaluation.result import (
     ModelMetrics,
     PairWinRates,
     SpotChecks,
+    TaskAccuracy,
     WinRate,
     pair_key,
 )
@@ -47,21 +55,34 @@ def bootstrap_mean_ci(values: Sequence[float], n_resamples: int, seed: int, leve
     return (float(low), float(high))
 
 
-def mean_with_ci(values: Sequence[float], n_resamples: int, seed: int) -> tuple[float | None, list[float] | None]:
+def mean_with_ci(
+    values: Sequence[float], n_resamples: int, seed: int, group_size: int = 1,
+) -> tuple[float | None, list[float] | None]:
+    """The mean and its bootstrap interval; `group_size` consecutive values (one prompt's answers) resample together."""
     if len(values) == 0:
         return None, None
-    return float(np.mean(values)), list(bootstrap_mean_ci(values, n_resamples, seed))
+    if len(values) % group_size:
+        raise ValueError(f"{len(values)} values do not split into groups of {group_size} (answers per prompt)")
+    per_prompt = np.asarray(values, dtype=float).reshape(-1, group_size).mean(axis=1)
+    return float(np.mean(values)), list(bootstrap_mean_ci(per_prompt, n_resamples, seed))
 
 
-def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int) -> ModelMetrics:
-    """Per-model numbers: RM score and checker accuracy with intervals, format adherence, lengths."""
+def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int, group_size: int = 1) -> ModelMetrics:
+    """Per-model numbers: RM score, checker accuracy (overall and per task type) and concept match with
+    intervals, format adherence, lengths."""
     scores = [a.rm_score for a in answers]
     checked = [float(a.checker_passed) for a in answers if a.checker_passed is not None]
     formatted = [float(a.well_formatted) for a in answers]
+    on_topic = [float(a.concept_matched) for a in answers if a.concept_matched is not None]
     lengths = np.asarray([a.n_tokens for a in answers], dtype=float)
-    rm_mean, rm_ci = mean_with_ci(scores, n_resamples, seed)
-    accuracy, accuracy_ci = mean_with_ci(checked, n_resamples, seed + 1)
-    adherence, adherence_ci = mean_with_ci(formatted, n_resamples, seed + 2)
+    rm_mean, rm_ci = mean_with_ci(scores, n_resamples, seed, group_size)
+    accuracy, accuracy_ci = mean_with_ci(checked, n_resamples, seed + 1, group_size)
+    adherence, adherence_ci = mean_with_ci(formatted, n_resamples, seed + 2, group_size)
+    concept_match, concept_match_ci = mean_with_ci(on_topic, n_resamples, seed + 3, group_size)
+    by_task: dict[str, list[bool]] = {}
+    for answer in answers:
+        if answer.checker_passed is not None and answer.task_type:
+            by_task.setdefault(answer.task_type, []).append(answer.checker_passed)
     return ModelMetrics(
         n_answers=len(answers),
         rm_score_mean=rm_mean,
@@ -82,6 +103,12 @@ def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int) -> Mod
         ),
         mean_length_chars=float(np.mean([a.n_chars for a in answers])),
         rm_length_correlation=pearson_correlation(scores, lengths),
+        concept_match_rate=concept_match,
+        concept_match_rate_ci95=concept_match_ci,
+        n_explanations=len(on_topic) // group_size,
+        checker_accuracy_by_task={
+            task: TaskAccuracy(accuracy=float(np.mean(passed)), n=len(passed)) for task, passed in sorted(by_task.items())
+        },
     )
 
 
@@ -94,16 +121,18 @@ def _counts(outcomes: Sequence[float]) -> dict[str, int]:
     }
 
 
-def win_rate(outcomes: Sequence[float], n_resamples: int, seed: int) -> WinRate:
-    """Win rate of x over y from per-prompt outcomes (1 win, 0.5 tie, 0 loss), with its interval."""
-    rate, ci = mean_with_ci(outcomes, n_resamples, seed)
+def win_rate(outcomes: Sequence[float], n_resamples: int, seed: int, group_size: int = 1) -> WinRate:
+    """Win rate of x over y from per-answer outcomes (1 win, 0.5 tie, 0 loss), with its interval."""
+    rate, ci = mean_with_ci(outcomes, n_resamples, seed, group_size)
     return WinRate(rate=rate, ci95=ci, **_counts(outcomes))
 
 
-def judge_win_rate(pairs: Sequence[JudgedPair], judge_name: str, n_resamples: int, seed: int) -> JudgeWinRate:
+def judge_win_rate(
+    pairs: Sequence[JudgedPair], judge_name: str, n_resamples: int, seed: int, group_size: int = 1,
+) -> JudgeWinRate:
     """The pairwise judge's win rate, and how often X was shown first and A was picked (position bias)."""
     outcomes = [p.outcome for p in pairs]
-    rate, ci = mean_with_ci(outcomes, n_resamples, seed)
+    rate, ci = mean_with_ci(outcomes, n_resamples, seed, group_size)
     position_a = [p.verdict.winner == "A" for p in pairs if p.verdict.winner != "tie"]
     return JudgeWinRate(
         rate=rate, ci95=ci, **_counts(outcomes),
@@ -128,6 +157,19 @@ def checker_outcomes(x: Sequence[Answer], y: Sequence[Answer]) -> list[float]:
     ]
 
 
+def checker_accuracy_difference(
+    x: Sequence[Answer], y: Sequence[Answer], n_resamples: int, seed: int, group_size: int = 1,
+) -> AccuracyDifference:
+    """Accuracy of x minus accuracy of y on the verifiable prompts, each answer paired with the other
+    model's answer to the same prompt (same sample index); the interval resamples prompts."""
+    differences = [
+        float(bool(a.checker_passed)) - float(bool(b.checker_passed))
+        for a, b in zip(x, y) if a.checker_passed is not None
+    ]
+    difference, ci = mean_with_ci(differences, n_resamples, seed, group_size)
+    return AccuracyDifference(difference=difference, ci95=ci, n_prompts=len(differences) // group_size)
+
+
 def kl_estimate(kl: Mapping[str, Any] | None, n_resamples: int, seed: int) -> KlEstimate | None:
     """The mean KL per answer with its interval, from `evaluate.kl_to_reference`'s per-sequence values."""
     if kl is None or not kl["per_sequence"]:
@@ -144,18 +186,26 @@ def summarise(
     kl: Mapping[str, Any] | None,
     judge_name: str,
     settings: EvaluationSettings,
+    decoding: Decoding | None = None,
+    greedy: EvaluationResult | None = None,
 ) -> EvaluationResult:
-    """Turn answers, judgements and KL samples into the report's numbers (no models involved)."""
-    n_boot, seed = settings.n_bootstrap, settings.seed
-    models = {name: model_metrics(answers[name], n_boot, seed) for name in MODELS}
+    """Turn answers, judgements and KL samples into the report's numbers (no models involved).
+
+    `answers[name]` holds `decoding.samples_per_prompt` consecutive answers per prompt, the same
+    prompts in the same order for every model."""
+    decoding = decoding or Decoding(temperature=0.0, samples_per_prompt=1)
+    n_boot, seed, k = settings.n_bootstrap, settings.seed, decoding.samples_per_prompt
+    models = {name: model_metrics(answers[name], n_boot, seed, k) for name in MODELS}
     win_rates: dict[str, PairWinRates] = {}
+    differences: dict[str, AccuracyDifference] = {}
     for index, (x, y) in enumerate(PAIRS):
         key = pair_key(x, y)
         win_rates[key] = PairWinRates(
-            reward_model=win_rate(rm_outcomes(answers[x], answers[y], settings.rm_tie_margin), n_boot, seed + 10 + index),
-            rule_checker=win_rate(checker_outcomes(answers[x], answers[y]), n_boot, seed + 20 + index),
-            pairwise_judge=judge_win_rate(judged[key], judge_name, n_boot, seed + 30 + index),
+            reward_model=win_rate(rm_outcomes(answers[x], answers[y], settings.rm_tie_margin), n_boot, seed + 10 + index, k),
+            rule_checker=win_rate(checker_outcomes(answers[x], answers[y]), n_boot, seed + 20 + index, k),
+            pairwise_judge=judge_win_rate(judged[key], judge_name, n_boot, seed + 30 + index, k),
         )
+        differences[key] = checker_accuracy_difference(answers[x], answers[y], n_boot, seed + 50 + index, k)
     judgements = [
         Judgement(
             pair=key, prompt=p.prompt, x_shown_as=p.x_shown_as, winner_position=p.verdict.winner,
@@ -164,8 +214,8 @@ def summarise(
         for (x, y) in PAIRS for key in [pair_key(x, y)] for p in judged[key]
     ]
     return EvaluationResult(
-        n_prompts=len(answers["ppo"]),
-        n_verifiable=models["ppo"].n_verifiable,
+        n_prompts=len(answers["ppo"]) // k,
+        n_verifiable=models["ppo"].n_verifiable // k,
         judge=judge_name,
         models=models,
         win_rates=win_rates,
@@ -173,6 +223,9 @@ def summarise(
         spot_checks=spot_checks(answers, settings.n_spot_checks),
         judgements=judgements,
         answers={name: list(answers[name]) for name in MODELS},
+        decoding=decoding,
+        checker_accuracy_difference=differences,
+        greedy=greedy,
     )
 
 

@@ -40,6 +40,8 @@ REPORT_TITLE = "Evaluation report: base vs SFT vs PPO"
 HEADLINE = "Headline"
 PER_MODEL_METRICS = "Per-model metrics"
 WIN_RATES = "Win rates"
+TASK_ACCURACY = "Rule-checker accuracy by task type"
+GREEDY = "Greedy answers"
 KL_TO_SFT = "KL of PPO to SFT"
 RESPONSE_LENGTHS = "Response lengths"
 TRAINING_CURVES = "PPO training curves"
@@ -48,8 +50,8 @@ RM_VS_CHECKER = "Spot checks: reward model vs rule checker (reward-hacking candi
 JUDGE_REASONS = "Judge reasons"
 PREVIOUS_REPORT = "Compared with the previous report"
 SECTION_TITLES = (
-    HEADLINE, PER_MODEL_METRICS, WIN_RATES, KL_TO_SFT, RESPONSE_LENGTHS, TRAINING_CURVES, TOP_PPO_ANSWERS,
-    RM_VS_CHECKER, JUDGE_REASONS, PREVIOUS_REPORT,
+    HEADLINE, PER_MODEL_METRICS, WIN_RATES, TASK_ACCURACY, GREEDY, KL_TO_SFT, RESPONSE_LENGTHS, TRAINING_CURVES,
+    TOP_PPO_ANSWERS, RM_VS_CHECKER, JUDGE_REASONS, PREVIOUS_REPORT,
 )
 JUDGE_LABELS = {"reward_model": "reward model", "rule_checker": "rule checker", "pairwise_judge": "pairwise judge"}
 
@@ -207,18 +209,36 @@ def assessment(result: EvaluationResult) -> str:
     return "No significant difference between PPO and SFT under the reward model (95% intervals include 0.5)."
 
 
-def headline_section(result: EvaluationResult) -> Section:
+def _comparison_lines(result: EvaluationResult) -> list[str]:
+    """PPO vs SFT in one comparison: win rates, checker accuracy and its difference, concept match."""
     models, ppo_vs_sft = result.models, result.win_rates["ppo_vs_sft"]
     rm, checker, judge = ppo_vs_sft.reward_model, ppo_vs_sft.rule_checker, ppo_vs_sft.pairwise_judge
-    kl_mean, kl_ci = (result.kl.mean, result.kl.ci95) if result.kl else (None, None)
-    return Section(HEADLINE, [
-        assessment(result),
+    difference = result.checker_accuracy_difference.get("ppo_vs_sft")
+    lines = [
         f"PPO vs SFT win rate: reward model {fmt(rm.rate)} {fmt_ci(rm.ci95)}, rule checker {fmt(checker.rate)} "
         f"{fmt_ci(checker.ci95)} (n={checker.n}), {result.judge} judge {fmt(judge.rate)} {fmt_ci(judge.ci95)}.",
         "Checker accuracy: " + ", ".join(f"{m} {fmt(models[m].checker_accuracy)}" for m in MODELS)
-        + f" (on {result.n_verifiable} verifiable prompts of {result.n_prompts}).",
-        f"KL(PPO || SFT): {fmt(kl_mean)} nats per answer {fmt_ci(kl_ci)}.",
-    ])
+        + f" (on {result.n_verifiable} verifiable prompts of {result.n_prompts})"
+        + (f"; PPO - SFT {fmt(difference.difference)} {fmt_ci(difference.ci95)}." if difference else "."),
+    ]
+    if any(models[m].concept_match_rate is not None for m in MODELS):
+        lines.append("Answers about the concept asked (explanation prompts): "
+                     + ", ".join(f"{m} {fmt(models[m].concept_match_rate)}" for m in MODELS) + ".")
+    return lines
+
+
+def headline_section(result: EvaluationResult) -> Section:
+    kl_mean, kl_ci = (result.kl.mean, result.kl.ci95) if result.kl else (None, None)
+    blocks: list[str | Table | Figure] = [
+        assessment(result),
+        f"Answers {result.decoding.label}; intervals are 95% percentile-bootstrap intervals over prompts.",
+        *_comparison_lines(result),
+        f"KL(PPO || SFT): {fmt(kl_mean)} nats per answer {fmt_ci(kl_ci)}; "
+        f"mean length PPO / SFT {fmt(result.length_ratio('ppo', 'sft'))}.",
+    ]
+    if result.greedy is not None:
+        blocks.append("Greedy answers: " + " ".join(_comparison_lines(result.greedy)))
+    return Section(HEADLINE, blocks)
 
 
 def per_model_section(result: EvaluationResult) -> Section:
@@ -232,25 +252,71 @@ def per_model_section(result: EvaluationResult) -> Section:
             "format": fmt(m.format_adherence), "ends w/ EOS": fmt(m.ends_with_eos_rate),
             "role markers": fmt(m.role_marker_rate), "mean length": fmt(m.mean_length, 1),
             "corr(RM, length)": fmt(m.rm_length_correlation),
+            "on concept": fmt(m.concept_match_rate), "on-concept 95% CI": fmt_ci(m.concept_match_rate_ci95),
         })
     return Section(PER_MODEL_METRICS, [
-        "Means over the evaluation prompts with 95% percentile-bootstrap intervals (prompts resampled). "
-        "Format adherence: the answer ends with EOS and echoes no chat role marker.",
+        f"Means over the evaluation prompts' answers ({result.decoding.label}) with 95% percentile-bootstrap "
+        "intervals (prompts resampled). Format adherence: the answer ends with EOS and echoes no chat role "
+        "marker. On concept: the share of answers to explanation prompts that are about the concept asked "
+        "(the glossary entry sharing most words with the answer is that concept's).",
         Table(rows),
     ])
 
 
-def win_rates_section(result: EvaluationResult, figure: str) -> Section:
+def task_accuracy_section(result: EvaluationResult) -> Section:
+    tasks = sorted({task for m in MODELS for task in result.models[m].checker_accuracy_by_task})
+    if not tasks:
+        return Section(TASK_ACCURACY, ["No verifiable prompt with a task type."])
     rows = []
-    for pair, judges in result.win_rates.items():
+    for task in tasks:
+        row: dict[str, Any] = {"task": task}
+        for name in MODELS:
+            entry = result.models[name].checker_accuracy_by_task.get(task)
+            row[name] = fmt(entry.accuracy) if entry else "-"
+        row["answers per model"] = max(
+            (result.models[m].checker_accuracy_by_task[task].n for m in MODELS if task in result.models[m].checker_accuracy_by_task),
+            default=0,
+        )
+        rows.append(row)
+    return Section(TASK_ACCURACY, [f"Share of answers ({result.decoding.label}) the rule checker passes, per task type.", Table(rows)])
+
+
+def greedy_section(result: EvaluationResult) -> Section:
+    greedy = result.greedy
+    if greedy is None:
+        return Section(GREEDY, ["The comparison above is the greedy one." if result.decoding.temperature == 0
+                                else "Not computed (greedy_comparison is off)."])
+    rows = [
+        {"model": name, "RM score": fmt(m.rm_score_mean), "checker acc.": fmt(m.checker_accuracy),
+         "on concept": fmt(m.concept_match_rate), "format": fmt(m.format_adherence), "mean length": fmt(m.mean_length, 1),
+         "corr(RM, length)": fmt(m.rm_length_correlation)}
+        for name, m in greedy.models.items()
+    ]
+    return Section(GREEDY, [
+        "The same comparison on one greedy answer per prompt: what a deterministic deployment of each model says.",
+        *_comparison_lines(greedy),
+        Table(rows),
+        Table(_win_rate_rows(greedy.win_rates)),
+    ])
+
+
+def _win_rate_rows(win_rates: Mapping[str, PairWinRates]) -> list[dict[str, Any]]:
+    rows = []
+    for pair, judges in win_rates.items():
         for judge, entry in judges.by_judge().items():
             label = JUDGE_LABELS[judge] + (f" ({entry.judge})" if getattr(entry, "judge", None) else "")
             rows.append({
                 "pair": pair, "judge": label, "win rate": fmt(entry.rate), "95% CI": fmt_ci(entry.ci95),
                 "wins / ties / losses": f"{entry.wins} / {entry.ties} / {entry.losses}", "n": entry.n,
             })
+    return rows
+
+
+def win_rates_section(result: EvaluationResult, figure: str) -> Section:
+    rows = _win_rate_rows(result.win_rates)
     return Section(WIN_RATES, [
-        "Rate at which the first model's answer beats the second's on the same prompt; ties count half. "
+        f"Rate at which the first model's answer beats the second's on the same prompt ({result.decoding.label}; "
+        "with several answers per prompt, the i-th answers are paired); ties count half. "
         "The rule checker judges only verifiable prompts. The pairwise judge saw each pair once, in a "
         "random (seeded) A/B order.",
         Table(rows),
@@ -354,6 +420,8 @@ def build_sections(
         headline_section(result),
         per_model_section(result),
         win_rates_section(result, figures["win_rates"]),
+        task_accuracy_section(result),
+        greedy_section(result),
         kl_section(result),
         lengths_section(result, figures["length_histograms"]),
         training_section(training, figures["training_curves"], training_note),
@@ -457,9 +525,11 @@ def write_report(
     (out_dir / REPORT_MD).write_text(markdown, encoding="utf-8")
     (out_dir / REPORT_HTML).write_text(render_html(REPORT_TITLE, sections), encoding="utf-8")
     with open(out_dir / ANSWERS_FILE, "w", encoding="utf-8") as handle:
-        for model in MODELS:
-            for answer in result.answers[model]:
-                handle.write(json.dumps({"model": model, **answer.to_dict()}, ensure_ascii=False) + "\n")
+        for compared in (result, result.greedy):
+            for model in MODELS if compared is not None else ():
+                for answer in compared.answers[model]:
+                    row = {"model": model, "decoding": compared.decoding.label, **answer.to_dict()}
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(out_dir / JUDGEMENTS_FILE, "w", encoding="utf-8") as handle:
         for judgement in result.judgements:
             handle.write(json.dumps(asdict(judgement), ensure_ascii=False) + "\n")

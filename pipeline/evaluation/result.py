@@ -12,7 +12,7 @@ No torch here: the report imports this module, and the report's regression check
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.training.generation import Generation
@@ -33,10 +33,16 @@ class Answer(Generation):
 
     rm_score: float = math.nan
     checker_passed: bool | None = None  # None: not a verifiable prompt
+    task_type: str | None = None  # the verifiable task's type, for per-task accuracy
+    concept_matched: bool | None = None  # explanation prompts: is the answer about the concept asked? None: not one
 
     @classmethod
-    def scored(cls, generation: Generation, rm_score: float, checker_passed: bool | None) -> Answer:
-        return cls(**asdict(generation), rm_score=rm_score, checker_passed=checker_passed)
+    def scored(
+        cls, generation: Generation, rm_score: float, checker_passed: bool | None,
+        task_type: str | None = None, concept_matched: bool | None = None,
+    ) -> Answer:
+        return cls(**asdict(generation), rm_score=rm_score, checker_passed=checker_passed,
+                   task_type=task_type, concept_matched=concept_matched)
 
     @property
     def n_chars(self) -> int:
@@ -48,6 +54,7 @@ class Answer(Generation):
             "prompt": self.prompt, "response": self.response, "n_tokens": self.n_tokens, "n_chars": self.n_chars,
             "ended_with_eos": self.ended_with_eos, "echoed_role_marker": self.echoed_role_marker,
             "rm_score": self.rm_score, "checker_passed": self.checker_passed,
+            "task_type": self.task_type, "concept_matched": self.concept_matched,
         }
 
 
@@ -79,6 +86,43 @@ class ModelMetrics:
     length_tokens: LengthQuantiles
     mean_length_chars: float
     rm_length_correlation: float | None  # None: undefined (see pipeline.data.statistics)
+    # Explanation prompts with a known concept: the share of answers about the concept asked
+    # (`pipeline.data.glossary.closest_concept`); None when there is no such prompt.
+    concept_match_rate: float | None = None
+    concept_match_rate_ci95: list[float] | None = None
+    n_explanations: int = 0
+    checker_accuracy_by_task: dict[str, TaskAccuracy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskAccuracy:
+    """Rule-checker accuracy on one task type."""
+
+    accuracy: float
+    n: int
+
+
+@dataclass(frozen=True)
+class AccuracyDifference:
+    """Checker accuracy of x minus y on the same verifiable prompts, with its 95% bootstrap interval."""
+
+    difference: float | None
+    ci95: list[float] | None
+    n_prompts: int
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the compared answers were drawn: temperature 0 is greedy (one answer per prompt)."""
+
+    temperature: float
+    samples_per_prompt: int
+
+    @property
+    def label(self) -> str:
+        if self.temperature == 0:
+            return "greedy"
+        return f"sampled at temperature {self.temperature:g}, {self.samples_per_prompt} answers per prompt"
 
 
 @dataclass(frozen=True)
@@ -149,6 +193,8 @@ class Judgement:
 
 @dataclass(frozen=True)
 class EvaluationResult:
+    """The comparison of the models' answers drawn one way (`decoding`); with sampling, also the greedy one."""
+
     n_prompts: int
     n_verifiable: int
     judge: str
@@ -158,6 +204,10 @@ class EvaluationResult:
     spot_checks: SpotChecks
     judgements: list[Judgement]
     answers: dict[str, list[Answer]]
+    decoding: Decoding = Decoding(temperature=0.0, samples_per_prompt=1)
+    checker_accuracy_difference: dict[str, AccuracyDifference] = field(default_factory=dict)  # by pair_key
+    greedy: EvaluationResult | None = None  # the same comparison on greedy answers
+    kl_bound: float | None = None  # set by the asset: the bound PPO trained under (its ppo_summary.json)
     # Set by the asset: the artifacts evaluated, and the settings used.
     inputs: dict[str, str] | None = None
     settings: dict[str, Any] | None = None
@@ -173,8 +223,14 @@ class EvaluationResult:
             "kl_ppo_vs_sft": self.kl.mean if self.kl else None,
             "kl_ppo_vs_sft_ci95": self.kl.ci95 if self.kl else None,
             "kl_ppo_vs_sft_per_token": self.kl.per_token if self.kl else None,
+            "kl_bound": self.kl_bound,
+            "decoding": {**asdict(self.decoding), "label": self.decoding.label},
+            "checker_accuracy_difference": {pair: asdict(d) for pair, d in self.checker_accuracy_difference.items()},
+            "length_ratio_ppo_vs_sft": self.length_ratio("ppo", "sft"),
             "spot_checks": asdict(self.spot_checks),
         }
+        if self.greedy is not None:
+            summary["greedy"] = self.greedy.summary_dict()
         if self.kl is not None:
             summary["kl_n_samples"] = self.kl.n_samples
         if self.inputs is not None:
@@ -182,6 +238,11 @@ class EvaluationResult:
         if self.settings is not None:
             summary["settings"] = dict(self.settings)
         return summary
+
+    def length_ratio(self, x: str, y: str) -> float | None:
+        """Mean answer length (tokens) of x over y's."""
+        x_length, y_length = self.models[x].mean_length, self.models[y].mean_length
+        return x_length / y_length if y_length else None
 
     def to_dict(self) -> dict[str, Any]:
         """The whole result as JSON-ready data, per-answer rows and judge verdicts included."""

@@ -79,11 +79,11 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size
         )
         responses = output[:, encoded["input_ids"].shape[1] :]
         for prompt, tokens in zip(batch_prompts, responses.tolist()):
-            results.append(_to_generation(tokenizer, prompt, tokens))
+            results.append(to_generation(tokenizer, prompt, tokens))
     return results
 
 
-def _to_generation(tokenizer, prompt: str, tokens: list[int]) -> Generation:
+def to_generation(tokenizer, prompt: str, tokens: list[int]) -> Generation:
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     ended_with_eos = eos_id in tokens
     if ended_with_eos:

@@ -44,14 +44,15 @@ def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant
 def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_checkpoints: bool = False):
     from trl import SFTConfig
 
+    arguments = trainer_arguments(settings, output_dir)
+    if has_eval:  # the held-out loss through training: the curve that shows SFT ran to convergence
+        arguments.update(eval_strategy="steps", eval_steps=settings.held_out_eval_every)
     return SFTConfig(
-        **trainer_arguments(settings, output_dir),
+        **arguments,
         per_device_eval_batch_size=settings.batch_size,
         completion_only_loss=True,
         packing=False,
         weight_decay=settings.weight_decay,
-        # The held-out loss through training: the curve that shows SFT ran to convergence.
-        **({"eval_strategy": "steps", "eval_steps": settings.held_out_eval_every} if has_eval else {}),
         save_strategy="steps" if save_checkpoints else "no",
         save_steps=settings.checkpoint_every_steps,
         # Two, not one: if the process dies while writing the newest, the one before is complete.
