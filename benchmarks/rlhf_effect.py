@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.storage.contract import EVAL_JSON
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DAGSTER_BIN = Path(sys.executable).with_name("dagster")
@@ -93,6 +95,12 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
     }
 
 
+def newest_report(artifacts: Path) -> Path | None:
+    """eval.json of the newest evaluation_report artifact (directories are named by UTC timestamp)."""
+    reports = sorted((artifacts / "evaluation_report").glob(f"[0-9]*/{EVAL_JSON}"))
+    return reports[-1] if reports else None
+
+
 def run_seed(profile: dict[str, Any], seed: int, keep: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"rlhf-effect-{seed}-") as scratch:
         root = Path(keep) / f"seed{seed}" if keep else Path(scratch)
@@ -107,8 +115,8 @@ def run_seed(profile: dict[str, Any], seed: int, keep: Path | None) -> dict[str,
             cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         )
         wall = time.perf_counter() - started
-        report_path = artifacts / "evaluation_report" / "current" / "eval.json"
-        if done.returncode != 0 or not report_path.exists():
+        report_path = newest_report(artifacts)
+        if done.returncode != 0 or report_path is None:
             tail = (done.stdout + done.stderr)[-3000:]
             return {"seed": seed, "wall_seconds": wall, "failed": True, "log_tail": tail}
         report = json.loads(report_path.read_text())
