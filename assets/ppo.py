@@ -58,6 +58,12 @@ def ppo_policy(
             ),
         )
         write_model_card(context, staged.path)
+    stopped = summary["stopped_at_kl_bound"]
+    if stopped is not None:
+        context.log.warning(
+            f"PPO stopped at step {stopped['step']} of {summary['n_steps_planned']}: KL {stopped['kl']:.2f} passed "
+            f"kl_bound={settings.kl_bound}; kept the policy after {stopped['kept_policy_of_step']} updates"
+        )
     if summary["kl_to_sft"] > settings.kl_bound:
         context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={settings.kl_bound}")
     output = artifact_output(context, staged.path, {
@@ -69,6 +75,8 @@ def ppo_policy(
         "response_length_ppo": summary["response_length_ppo"],
         "response_length_ratio": summary["response_length_ratio"],
         "n_steps": summary["n_steps"],
+        "n_steps_planned": summary["n_steps_planned"],
+        "stopped_at_kl_bound": dg.MetadataValue.json(stopped) if stopped else "no",
         "episodes": summary["episodes"],
         "episodes_per_second": summary["episodes_per_second"],
         "resumed_from_step": summary["resumed_from_step"],

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/rlhf_effect.py                 # 5 seeds (0..4), the embedded default
     .venv/bin/python benchmarks/rlhf_effect.py --seeds 0 1 --profile pipeline/profiles/tiny.yaml
+    .venv/bin/python benchmarks/rlhf_effect.py --keep /tmp/runs      # keep each seed's instance and artifacts
+    .venv/bin/python benchmarks/rlhf_effect.py --from-kept /tmp/runs # re-read those reports, run nothing
 
 Each seed is one `dagster job execute -m pipeline.definitions -j rlhf_pipeline` (what `make run`
 does) on a fresh Dagster instance and artifacts root, with every seed of the run config shifted by
@@ -64,7 +66,10 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
     greedy_difference = greedy["checker_accuracy_difference"]["ppo_vs_sft"]["difference"]
     kl, kl_bound = report.get("kl_ppo_vs_sft"), report.get("kl_bound")
     length_ratio = report.get("length_ratio_ppo_vs_sft")
-    correlations = [abs(m["rm_length_correlation"]) for m in models.values() if m.get("rm_length_correlation") is not None]
+    correlations = [  # every model's answers, sampled and greedy
+        abs(m["rm_length_correlation"]) for comparison in (report, greedy) for m in comparison["models"].values()
+        if m.get("rm_length_correlation") is not None
+    ]
     worst_correlation = max(correlations) if correlations else None
     concept = {name: models[name].get("concept_match_rate") for name in ("sft", "ppo")}
     return {
@@ -84,7 +89,7 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
             kl is not None and kl_bound is not None and kl <= kl_bound,
         ),
         "length PPO/SFT": (f"{length_ratio:.2f}", length_ratio is not None and 0.6 <= length_ratio <= 1.5),
-        "max |corr(RM, len)|": (
+        "max abs corr(RM, len)": (
             f"{worst_correlation:.2f}" if worst_correlation is not None else "n/a",
             worst_correlation is not None and worst_correlation <= 0.5,
         ),
@@ -99,6 +104,14 @@ def newest_report(artifacts: Path) -> Path | None:
     """eval.json of the newest evaluation_report artifact (directories are named by UTC timestamp)."""
     reports = sorted((artifacts / "evaluation_report").glob(f"[0-9]*/{EVAL_JSON}"))
     return reports[-1] if reports else None
+
+
+def row_from_report(seed: int, wall: float | None, report_path: Path | None) -> dict[str, Any]:
+    if report_path is None:
+        return {"seed": seed, "wall_seconds": wall, "failed": True, "log_tail": "no evaluation report"}
+    report = json.loads(report_path.read_text())
+    return {"seed": seed, "wall_seconds": wall, "failed": False,
+            "targets": {k: {"value": v, "met": met} for k, (v, met) in targets(report).items()}}
 
 
 def run_seed(profile: dict[str, Any], seed: int, keep: Path | None) -> dict[str, Any]:
@@ -119,9 +132,11 @@ def run_seed(profile: dict[str, Any], seed: int, keep: Path | None) -> dict[str,
         if done.returncode != 0 or report_path is None:
             tail = (done.stdout + done.stderr)[-3000:]
             return {"seed": seed, "wall_seconds": wall, "failed": True, "log_tail": tail}
-        report = json.loads(report_path.read_text())
-        return {"seed": seed, "wall_seconds": wall, "failed": False,
-                "targets": {k: {"value": v, "met": met} for k, (v, met) in targets(report).items()}}
+        return row_from_report(seed, wall, report_path)
+
+
+def _seconds(row: dict[str, Any]) -> str:
+    return f"{row['wall_seconds']:.0f}" if row.get("wall_seconds") is not None else "-"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -129,11 +144,11 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines = ["| seed | wall (s) | " + " | ".join(names) + " | all met |", "|---" * (len(names) + 3) + "|"]
     for row in rows:
         if row["failed"]:
-            lines.append(f"| {row['seed']} | {row['wall_seconds']:.0f} | " + " | ".join("run failed" for _ in names) + " | no |")
+            lines.append(f"| {row['seed']} | {_seconds(row)} | " + " | ".join("run failed" for _ in names) + " | no |")
             continue
         cells = [f"{t['value']}{'' if t['met'] else ' x'}" for t in row["targets"].values()]
         met = all(t["met"] for t in row["targets"].values())
-        lines.append(f"| {row['seed']} | {row['wall_seconds']:.0f} | " + " | ".join(cells) + f" | {'yes' if met else 'no'} |")
+        lines.append(f"| {row['seed']} | {_seconds(row)} | " + " | ".join(cells) + f" | {'yes' if met else 'no'} |")
     n_met = sum(not r["failed"] and all(t["met"] for t in r["targets"].values()) for r in rows)
     lines.append(f"\n{n_met} of {len(rows)} seeds meet every target (an `x` marks a missed one).")
     return "\n".join(lines)
@@ -144,7 +159,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--profile", type=Path, help="run-config YAML to start from (default: the embedded default)")
     parser.add_argument("--keep", type=Path, help="keep each seed's Dagster home and artifacts under this directory")
+    parser.add_argument("--from-kept", type=Path, help="only re-read the reports of an earlier --keep directory")
     args = parser.parse_args()
+    if args.from_kept:
+        rows = [row_from_report(seed, None, newest_report(args.from_kept / f"seed{seed}" / "artifacts")) for seed in args.seeds]
+        print(render(rows))
+        return
     profile = yaml.safe_load(args.profile.read_text()) if args.profile else {}
     rows = []
     for seed in args.seeds:
