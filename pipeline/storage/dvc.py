@@ -16,17 +16,25 @@ directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp di
 
 DVC's repository lock allows one writer at a time: every write here holds an exclusive file lock
 per DVC root, so parallel Dagster steps record one after another.
+
+DVC runs as a command, in an environment of its own: `make install` creates `.venv-dvc/` (pinned by
+`constraints-dvc.txt`) beside the pipeline's `.venv/`. DVC's hydra/omegaconf pin the antlr4 4.9
+runtime, Dagster's asset-selection grammar needs 4.13, so the two cannot share an interpreter
+(`dagster asset materialize --select ...` would crash). Every DVC operation here is one `dvc ...`
+process (`python -m dvc` of that environment), run in the DVC root; see `dvc_python` for how that
+environment is found.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -46,6 +54,8 @@ DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
 ENV_SWITCH = "RLHF_DVC"
 ENV_ROOT = "RLHF_DVC_ROOT"
+ENV_PYTHON = "RLHF_DVC_PYTHON"  # the interpreter of an environment with DVC installed
+TOOL_VENV = ".venv-dvc"  # made by `make install` in the repository
 DEFAULT_REMOTE_NAME = "local"
 DEFAULT_REMOTE_DIR = ".dvc-remote"
 # Hard links keep one copy of each file across the version dir, `current` and the DVC cache; DVC
@@ -59,14 +69,13 @@ DEFAULT_DVC_CONFIG = f"""[core]
 ['remote "{DEFAULT_REMOTE_NAME}"']
     url = ../{DEFAULT_REMOTE_DIR}
 """
-# Not `dagster asset materialize --select`: Dagster's selection parser needs antlr4 4.13 and DVC's
-# hydra pins 4.9, so string selections fail in this environment.
 STAGE_COMMAND = "rlhf materialize {asset}"
+# What `dvc` prints (to stderr, exit 255) when another DVC process holds the repository lock.
+LOCK_ERROR_MARK = "Unable to acquire lock"
+LOCK_ATTEMPTS = 5
 
 _OFF = {"0", "off", "false", "no"}
 _ON = {"1", "on", "true", "yes"}
-
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # nothing leaves the machine
 
 
 class DvcTrackingError(RuntimeError):
@@ -198,7 +207,9 @@ class DvcTracking:
                     "DVC stage %s: inputs %s were never recorded with DVC; `dvc status` will show them "
                     "until they are re-materialized with DVC tracking on", asset_name, missing,
                 )
-            self._with_repo(lambda repo: repo.commit(asset_name, force=True, allow_missing=bool(missing)))
+                self._run_python(COMMIT_ALLOWING_MISSING_INPUTS, asset_name)
+            else:
+                self._dvc("commit", "--force", asset_name)
             md5 = self.locked_out_hash(asset_name)
         logger.info("DVC recorded %s (%s) in %.1fs", asset_name, md5, time.monotonic() - started)
         return DvcRecord(asset_name, spec["outs"][0], md5)
@@ -211,7 +222,6 @@ class DvcTracking:
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                _point_dvc_logging_at_current_streams()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -220,10 +230,9 @@ class DvcTracking:
         """`dvc init` (with a local default remote) if this project has no .dvc/ yet."""
         if (self.root / ".dvc").is_dir():
             return
-        from dvc.repo import Repo
-
         git_top = _git_toplevel(self.root)
-        Repo.init(str(self.root), no_scm=git_top is None, subdir=git_top is not None and git_top != self.root)
+        flags = ["--no-scm"] if git_top is None else ["--subdir"] if git_top != self.root else []
+        self._dvc("init", "--quiet", *flags)
         self._configure_defaults(no_scm=git_top is None)
         if git_top is not None:
             gitignore = self.root / ".gitignore"
@@ -250,29 +259,29 @@ class DvcTracking:
             raise DvcTrackingError(f"{lock} has no out hash for stage {stage!r}") from error
 
     def push(self, remote: str | None = None) -> int:
-        """Upload every tracked artifact to the remote (default: the local `.dvc-remote/`)."""
+        """Upload every tracked artifact to the remote (default: the local `.dvc-remote/`); the number
+        of files uploaded."""
         with self.writer_lock():
-            return self._with_repo(lambda repo: repo.push(remote=remote))
+            output = self._dvc("push", *_remote_flag(remote))
+        pushed = re.search(r"(\d+) files? pushed", output)
+        return int(pushed.group(1)) if pushed else 0
 
-    def pull(self, remote: str | None = None) -> Any:
+    def pull(self, remote: str | None = None) -> None:
         """Restore every `current` directory from the remote."""
         with self.writer_lock():
-            return self._with_repo(lambda repo: repo.pull(remote=remote, force=True))
+            self._dvc("pull", "--force", *_remote_flag(remote))
 
     def status(self) -> dict[str, Any]:
         """`dvc status` of the pipeline: {} when every stage is up to date."""
         with self.writer_lock():
-            return self._with_repo(lambda repo: repo.status())
+            return json.loads(self._dvc("status", "--json") or "{}")
 
     def stage_edges(self) -> set[tuple[str, str]]:
         """(upstream stage, downstream stage) pairs of `dvc dag`, in the asset graph's direction."""
-
-        def edges(repo):
-            # DVC's graph points from a stage to the stages it depends on.
-            return {(dependency.name, stage.name) for stage, dependency in repo.index.graph.edges}
-
         with self.writer_lock():
-            return self._with_repo(edges)
+            dot = self._dvc("dag", "--dot")
+        # `dvc dag --dot` draws edges from a stage's dependency to the stage: `"toy_data" -> "toy_model";`.
+        return set(re.findall(r'^\s*"?([^"\s]+)"?\s*->\s*"?([^"\s;]+)"?', dot, flags=re.MULTILINE))
 
     def _sync_stage(self, asset_name: str, spec: dict[str, Any]) -> None:
         """Add or correct the asset's stage in dvc.yaml (other stages and their order are kept)."""
@@ -293,49 +302,87 @@ class DvcTracking:
                 f"paths inside it (set {ENV_ROOT} to a directory containing the artifacts root, or {ENV_SWITCH}=off)"
             ) from None
 
-    def _with_repo(self, action, attempts: int = 5):
-        from dvc.lock import LockError
-        from dvc.repo import Repo
+    def _dvc(self, *args: str) -> str:
+        """Run `dvc ARGS...` in the DVC root; its stdout."""
+        return self._run([*dvc_command(), *args], f"dvc {' '.join(args)}")
 
-        for attempt in range(attempts):
-            try:
-                with _working_directory(self.root), Repo(str(self.root)) as repo:
-                    return action(repo)
-            except LockError:
-                # Someone outside this pipeline (a `dvc` command) holds the repository lock.
-                if attempt == attempts - 1:
-                    raise
+    def _run_python(self, program: str, *args: str) -> str:
+        """Run a program against DVC's Python API in DVC's own interpreter, in the DVC root."""
+        return self._run([str(dvc_python()), "-c", program, *args], f"DVC's API ({' '.join(args)})")
+
+    def _run(self, command: list[str], what: str) -> str:
+        for attempt in range(LOCK_ATTEMPTS):
+            completed = subprocess.run(command, cwd=self.root, env=_dvc_environment(), capture_output=True, text=True)
+            if completed.returncode == 0:
+                if completed.stderr.strip():
+                    logger.debug("%s: %s", what, completed.stderr.strip())
+                return completed.stdout
+            # Someone outside this pipeline (a `dvc` command) holds the repository lock; DVC itself
+            # has already retried for a few seconds.
+            if LOCK_ERROR_MARK in completed.stderr and attempt < LOCK_ATTEMPTS - 1:
                 time.sleep(2.0 * (attempt + 1))
+                continue
+            output = (completed.stderr.strip() or completed.stdout.strip())[-2000:]
+            raise DvcTrackingError(f"{what} failed in {self.root} (exit {completed.returncode}):\n{output}")
+        raise AssertionError("unreachable")
 
 
-def _point_dvc_logging_at_current_streams() -> None:
-    """`import dvc` binds its log handlers to the sys.stdout/stderr of that moment; a stream swapped
-    out since (Dagster's compute-log capture, pytest's capture) would be closed, and DVC raises on a
-    failed log write. Re-point them at the current streams before each use."""
-    import logging
-
-    import dvc  # noqa: F401  (its import installs the handlers this re-points)
-
-    for name in ("dvc", "dvc_objects", "dvc_data"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler):
-                # Not setStream(): it flushes the old stream, which may be closed.
-                handler.acquire()
-                try:
-                    handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
-                finally:
-                    handler.release()
+# `dvc commit` has no `--allow-missing`: a stage some of whose inputs were never recorded is committed
+# through DVC's API, in DVC's interpreter, exiting as `dvc` does when the repository lock is taken.
+COMMIT_ALLOWING_MISSING_INPUTS = """
+import sys
+from dvc.lock import LockError
+from dvc.repo import Repo
+try:
+    with Repo() as repo:
+        repo.commit(sys.argv[1], force=True, allow_missing=True)
+except LockError as error:
+    print(error, file=sys.stderr)
+    sys.exit(255)
+"""
 
 
-@contextmanager
-def _working_directory(directory: Path) -> Iterator[None]:
-    """Run DVC from its root: it resolves stage names and dependency paths against the cwd."""
-    previous = os.getcwd()
-    os.chdir(directory)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+def dvc_python() -> Path:
+    """The interpreter of the environment DVC is installed in.
+
+    `$RLHF_DVC_PYTHON` if set; else `.venv-dvc/bin/python` of the checkout this code runs from (made by
+    `make install`); else the interpreter of a `dvc` on PATH (its script's `#!` line: pip and pipx
+    installs).
+    """
+    explicit = os.environ.get(ENV_PYTHON)
+    if explicit:
+        return Path(explicit)
+    checkout = Path(__file__).resolve().parents[2] / TOOL_VENV / "bin" / "python"
+    if checkout.is_file():
+        return checkout
+    on_path = shutil.which("dvc")
+    if on_path:
+        with open(on_path, "rb") as script:
+            first_line = script.readline(4096).decode(errors="replace").strip()
+        if first_line.startswith("#!") and "python" in first_line:
+            return Path(first_line[2:].split()[0])
+    raise DvcTrackingError(
+        f"DVC is not installed: `make install` creates {TOOL_VENV}/ with it, or set {ENV_PYTHON} to the python "
+        f"of an environment that has `dvc` (or {ENV_SWITCH}=off to record nothing in DVC)"
+    )
+
+
+def dvc_command() -> list[str]:
+    """The command line that runs DVC's CLI (`dvc`), for subprocesses."""
+    return [str(dvc_python()), "-m", "dvc"]
+
+
+def _dvc_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The pipeline's interpreter settings must not leak into DVC's.
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
+        env.pop(name, None)
+    env["DVC_NO_ANALYTICS"] = "1"  # nothing leaves the machine
+    return env
+
+
+def _remote_flag(remote: str | None) -> list[str]:
+    return ["--remote", remote] if remote else []
 
 
 def _git_toplevel(directory: Path) -> Path | None:
