@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.storage.artifacts import STAGING_PREFIX
 from pipeline.storage.checkpoints import CHECKPOINTS_DIR
-from pipeline.storage.dvc import dvc_command
+from pipeline.storage.dvc import dvc_executable
 from test_crash_safety import (
     REPO_ROOT, TINY_BASE, assert_every_materialization_points_to_its_complete_artifact, job_environment,
     materializations, start_job,
@@ -110,7 +110,7 @@ def test_two_concurrent_job_runs_keep_artifacts_instance_and_dvc_consistent(tmp_
         assert out["md5"] in recorded, f"{asset}: dvc.lock holds a hash no materialization recorded"
         if asset in data_assets:
             assert recorded == {out["md5"]}
-    status = subprocess.run([*dvc_command(), "status", "--json", *assets], cwd=project, env=env, capture_output=True, text=True)
+    status = subprocess.run([dvc_executable(), "status", "--json", *assets], cwd=project, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr
 
     # The token in the environment of both runs appears in no artifact, database, log or output.

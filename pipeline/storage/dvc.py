@@ -21,8 +21,7 @@ DVC runs as a command, in an environment of its own: `make install` creates `.ve
 `constraints-dvc.txt`) beside the pipeline's `.venv/`. DVC's hydra/omegaconf pin the antlr4 4.9
 runtime, Dagster's asset-selection grammar needs 4.13, so the two cannot share an interpreter
 (`dagster asset materialize --select ...` would crash). Every DVC operation here is one `dvc ...`
-process (`python -m dvc` of that environment), run in the DVC root; see `dvc_python` for how that
-environment is found.
+process, run in the DVC root; `dvc_executable` says which `dvc` that is.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
 ENV_SWITCH = "RLHF_DVC"
 ENV_ROOT = "RLHF_DVC_ROOT"
-ENV_PYTHON = "RLHF_DVC_PYTHON"  # the interpreter of an environment with DVC installed
+ENV_BIN = "RLHF_DVC_BIN"  # the `dvc` executable, when not the repository's .venv-dvc/bin/dvc
 TOOL_VENV = ".venv-dvc"  # made by `make install` in the repository
 DEFAULT_REMOTE_NAME = "local"
 DEFAULT_REMOTE_DIR = ".dvc-remote"
@@ -203,13 +202,15 @@ class DvcTracking:
                 return DvcRecord(asset_name, spec["outs"][0], None)
             missing = [dep for dep in spec.get("deps", []) if not (self.root / dep).exists()]
             if missing:
+                # DVC cannot commit a stage with a missing dependency (not even through its API's
+                # `allow_missing`: its run cache hashes every dependency).
                 logger.warning(
-                    "DVC stage %s: inputs %s were never recorded with DVC; `dvc status` will show them "
-                    "until they are re-materialized with DVC tracking on", asset_name, missing,
+                    "DVC stage %s not committed: its inputs %s were never recorded with DVC; `dvc status` "
+                    "shows the stage until they and this asset are re-materialized with DVC tracking on",
+                    asset_name, missing,
                 )
-                self._run_python(COMMIT_ALLOWING_MISSING_INPUTS, asset_name)
-            else:
-                self._dvc("commit", "--force", asset_name)
+                return DvcRecord(asset_name, spec["outs"][0], None)
+            self._dvc("commit", "--force", asset_name)
             md5 = self.locked_out_hash(asset_name)
         logger.info("DVC recorded %s (%s) in %.1fs", asset_name, md5, time.monotonic() - started)
         return DvcRecord(asset_name, spec["outs"][0], md5)
@@ -304,13 +305,8 @@ class DvcTracking:
 
     def _dvc(self, *args: str) -> str:
         """Run `dvc ARGS...` in the DVC root; its stdout."""
-        return self._run([*dvc_command(), *args], f"dvc {' '.join(args)}")
-
-    def _run_python(self, program: str, *args: str) -> str:
-        """Run a program against DVC's Python API in DVC's own interpreter, in the DVC root."""
-        return self._run([str(dvc_python()), "-c", program, *args], f"DVC's API ({' '.join(args)})")
-
-    def _run(self, command: list[str], what: str) -> str:
+        command = [dvc_executable(), *args]
+        what = f"dvc {' '.join(args)}"
         for attempt in range(LOCK_ATTEMPTS):
             completed = subprocess.run(command, cwd=self.root, env=_dvc_environment(), capture_output=True, text=True)
             if completed.returncode == 0:
@@ -327,49 +323,22 @@ class DvcTracking:
         raise AssertionError("unreachable")
 
 
-# `dvc commit` has no `--allow-missing`: a stage some of whose inputs were never recorded is committed
-# through DVC's API, in DVC's interpreter, exiting as `dvc` does when the repository lock is taken.
-COMMIT_ALLOWING_MISSING_INPUTS = """
-import sys
-from dvc.lock import LockError
-from dvc.repo import Repo
-try:
-    with Repo() as repo:
-        repo.commit(sys.argv[1], force=True, allow_missing=True)
-except LockError as error:
-    print(error, file=sys.stderr)
-    sys.exit(255)
-"""
-
-
-def dvc_python() -> Path:
-    """The interpreter of the environment DVC is installed in.
-
-    `$RLHF_DVC_PYTHON` if set; else `.venv-dvc/bin/python` of the checkout this code runs from (made by
-    `make install`); else the interpreter of a `dvc` on PATH (its script's `#!` line: pip and pipx
-    installs).
-    """
-    explicit = os.environ.get(ENV_PYTHON)
+def dvc_executable() -> str:
+    """The `dvc` command: `$RLHF_DVC_BIN` if set, else `.venv-dvc/bin/dvc` of the checkout this code runs
+    from (made by `make install`), else a `dvc` on PATH."""
+    explicit = os.environ.get(ENV_BIN)
     if explicit:
-        return Path(explicit)
-    checkout = Path(__file__).resolve().parents[2] / TOOL_VENV / "bin" / "python"
+        return explicit
+    checkout = Path(__file__).resolve().parents[2] / TOOL_VENV / "bin" / "dvc"
     if checkout.is_file():
-        return checkout
+        return str(checkout)
     on_path = shutil.which("dvc")
     if on_path:
-        with open(on_path, "rb") as script:
-            first_line = script.readline(4096).decode(errors="replace").strip()
-        if first_line.startswith("#!") and "python" in first_line:
-            return Path(first_line[2:].split()[0])
+        return on_path
     raise DvcTrackingError(
-        f"DVC is not installed: `make install` creates {TOOL_VENV}/ with it, or set {ENV_PYTHON} to the python "
-        f"of an environment that has `dvc` (or {ENV_SWITCH}=off to record nothing in DVC)"
+        f"DVC is not installed: `make install` creates {TOOL_VENV}/ with it, or set {ENV_BIN} to a `dvc` "
+        f"executable (or {ENV_SWITCH}=off to record nothing in DVC)"
     )
-
-
-def dvc_command() -> list[str]:
-    """The command line that runs DVC's CLI (`dvc`), for subprocesses."""
-    return [str(dvc_python()), "-m", "dvc"]
 
 
 def _dvc_environment() -> dict[str, str]:
