@@ -68,6 +68,8 @@ DEFAULT_DVC_CONFIG = f"""[core]
 ['remote "{DEFAULT_REMOTE_NAME}"']
     url = ../{DEFAULT_REMOTE_DIR}
 """
+# `rlhf materialize` rather than `dagster asset materialize --select`: with no DAGSTER_HOME set (as under
+# a bare `dvc repro`) it opens the repository's instance, .dagster/, not a throwaway one.
 STAGE_COMMAND = "rlhf materialize {asset}"
 # What `dvc` prints (to stderr, exit 255) when another DVC process holds the repository lock.
 LOCK_ERROR_MARK = "Unable to acquire lock"
