@@ -119,6 +119,15 @@ def test_tracking_switches(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_ROOT", str(tmp_path / "elsewhere"))
     with pytest.raises(DvcTrackingError, match="outside the DVC project"):
         tracking_for(version_dir).record("toy_data", version_dir, [])
+    monkeypatch.delenv("RLHF_DVC_ROOT")
+    # No DVC to run (no $RLHF_DVC_BIN, no .venv-dvc, none on PATH): a warning under auto, an error under on.
+    monkeypatch.setenv("RLHF_DVC_BIN", "")
+    monkeypatch.setattr("pipeline.storage.dvc.TOOL_VENV", "no-such-venv")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert tracking_for(version_dir) is None
+    monkeypatch.setenv("RLHF_DVC", "on")
+    with pytest.raises(DvcTrackingError, match="DVC is not installed"):
+        tracking_for(version_dir)
 
 
 def test_parallel_writers_are_serialised(tmp_path):

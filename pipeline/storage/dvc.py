@@ -10,8 +10,9 @@ files in the DVC cache (hard-linked, so no extra bytes) and writes the stage's h
 records can be compared. Older versions stay in the DVC cache and in git history of `dvc.lock`.
 
 When tracking is on: when `$RLHF_DVC_ROOT` names a directory, or when the artifacts root's parent
-directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp dir).
-`RLHF_DVC=off` turns it off; `RLHF_DVC=on` makes a missing DVC project an error. A project with
+directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp dir), and DVC is
+installed. `RLHF_DVC=off` turns it off; `RLHF_DVC=on` makes a missing DVC project or a missing DVC an
+error (otherwise a warning). A project with
 `dvc.yaml` but no `.dvc/` is `dvc init`-ed on first use, with a local remote `.dvc-remote/`.
 
 DVC's repository lock allows one writer at a time: every write here holds an exclusive file lock
@@ -120,6 +121,13 @@ def tracking_for(artifact_path: Path) -> DvcTracking | None:
                 f"{ENV_SWITCH}={switch} but no dvc.yaml at or above the artifacts root {artifacts_root}; "
                 f"set {ENV_ROOT} or write a dvc.yaml there"
             )
+        return None
+    try:
+        dvc_executable()
+    except DvcTrackingError as error:
+        if switch in _ON:
+            raise
+        logger.warning("DVC tracking is off for %s: %s", root, error)
         return None
     return DvcTracking(root)
 
