@@ -12,8 +12,8 @@ records can be compared. Older versions stay in the DVC cache and in git history
 When tracking is on: when `$RLHF_DVC_ROOT` names a directory, or when the artifacts root's parent
 directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp dir), and DVC is
 installed. `RLHF_DVC=off` turns it off; `RLHF_DVC=on` makes a missing DVC project or a missing DVC an
-error (otherwise a warning). A project with
-`dvc.yaml` but no `.dvc/` is `dvc init`-ed on first use, with a local remote `.dvc-remote/`.
+error (otherwise a warning). A project with `dvc.yaml` but no `.dvc/` is `dvc init`-ed on first use,
+with a local remote `.dvc-remote/`.
 
 DVC's repository lock allows one writer at a time: every write here holds an exclusive file lock
 per DVC root, so parallel Dagster steps record one after another.
