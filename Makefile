@@ -17,10 +17,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet torch==2.13.0 -c constraints.txt
-	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
 	@# A .venv made before DVC moved to $(DVC_VENV) still holds it, and its antlr4 pin breaks `pip check`.
 	$(BIN)/pip uninstall --quiet --yes dvc hydra-core omegaconf 2>/dev/null || true
+	$(BIN)/pip install --quiet torch==2.13.0 -c constraints.txt
+	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
 	touch $@
 
 $(DVC_VENV)/.installed: constraints-dvc.txt
