@@ -14,7 +14,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,12 +23,12 @@ import yaml
 
 from pipeline.storage.artifacts import STAGING_PREFIX
 from pipeline.storage.checkpoints import CHECKPOINTS_DIR
+from pipeline.storage.dvc import dvc_executable
 from test_crash_safety import (
     REPO_ROOT, TINY_BASE, assert_every_materialization_points_to_its_complete_artifact, job_environment,
     materializations, start_job,
 )
 
-DVC = Path(sys.executable).with_name("dvc")
 FAKE_HF_TOKEN = "hf_" + "Kx7" * 11
 RUN_TIMEOUT_S = 480
 TARGETS = "sft_checkpoint,preference_data,ppo_prompts,eval_prompts"  # and everything upstream
@@ -111,7 +110,7 @@ def test_two_concurrent_job_runs_keep_artifacts_instance_and_dvc_consistent(tmp_
         assert out["md5"] in recorded, f"{asset}: dvc.lock holds a hash no materialization recorded"
         if asset in data_assets:
             assert recorded == {out["md5"]}
-    status = subprocess.run([str(DVC), "status", "--json", *assets], cwd=project, env=env, capture_output=True, text=True)
+    status = subprocess.run([dvc_executable(), "status", "--json", *assets], cwd=project, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr
 
     # The token in the environment of both runs appears in no artifact, database, log or output.

@@ -3,9 +3,9 @@ no materialization of the half-trained asset, and the next run resumes from the 
 
 The job (`rlhf_pipeline`, the part of it up to the asset under test) runs in a subprocess on a
 DAGSTER_HOME and artifacts root of its own, in its own process group, which is killed as a whole
-the moment a checkpoint is on disk. (`dagster asset materialize --select` would be the natural
-command, but string asset selections crash with the antlr4 runtime that DVC's hydra pins, and
-`dagster job execute -o` cannot subset a job with asset checks.)
+the moment a checkpoint is on disk. It runs the job's subset in process (`execute_in_process` with an
+asset selection): `dagster job execute -o` cannot subset a job with asset checks, and
+`dagster asset materialize --select` (tests/test_cli_selection.py) would load the run config per asset.
 """
 
 import json

@@ -2,6 +2,7 @@
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -9,7 +10,9 @@ import pytest
 import yaml
 
 from pipeline.storage.artifacts import content_hash
-from pipeline.storage.dvc import DvcTracking, DvcTrackingError, dvc_yaml_for_graph, restore_version, tracking_for
+from pipeline.storage.dvc import (
+    DvcTracking, DvcTrackingError, dvc_executable, dvc_yaml_for_graph, restore_version, tracking_for,
+)
 from pipeline.orchestration.lineage import upstream_tree
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
@@ -116,6 +119,15 @@ def test_tracking_switches(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_ROOT", str(tmp_path / "elsewhere"))
     with pytest.raises(DvcTrackingError, match="outside the DVC project"):
         tracking_for(version_dir).record("toy_data", version_dir, [])
+    monkeypatch.delenv("RLHF_DVC_ROOT")
+    # No DVC to run (no $RLHF_DVC_BIN, no .venv-dvc, none on PATH): a warning under auto, an error under on.
+    monkeypatch.setenv("RLHF_DVC_BIN", "")
+    monkeypatch.setattr("pipeline.storage.dvc.TOOL_VENV", "no-such-venv")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert tracking_for(version_dir) is None
+    monkeypatch.setenv("RLHF_DVC", "on")
+    with pytest.raises(DvcTrackingError, match="DVC is not installed"):
+        tracking_for(version_dir)
 
 
 def test_parallel_writers_are_serialised(tmp_path):
@@ -144,6 +156,59 @@ def test_parallel_writers_are_serialised(tmp_path):
     assert not errors
     assert set(_lock(tmp_path)) == {"left", "right"}
     assert tracking.status() == {}
+
+
+# Another DVC process (a user's `dvc` command), holding DVC's repository lock for a while; run by the
+# interpreter of DVC's own environment.
+HOLD_DVC_LOCK = """
+import sys, time
+from dvc.repo import Repo
+with Repo() as repo, repo.lock:
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_recording_waits_for_a_dvc_command_holding_the_repository_lock(dvc_project):
+    """DVC itself gives up on a taken lock after about 3 s; recording retries until the other command is done."""
+    tracking = DvcTracking(dvc_project)
+    with tracking.writer_lock():
+        tracking.ensure_repo()
+    version = dvc_project / "artifacts" / "toy_data" / "20260101T000000Z-abc"
+    version.mkdir(parents=True)
+    (version / "data.txt").write_text("recorded after the lock is free")
+    hold_s = 6.0
+    dvc_python = Path(dvc_executable()).parent / "python"
+    holder = subprocess.Popen([str(dvc_python), "-c", HOLD_DVC_LOCK, str(hold_s)], cwd=dvc_project,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        record = tracking.record("toy_data", version, [])
+        waited = time.monotonic() - started
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
+    assert waited > hold_s / 2, f"recorded after {waited:.1f}s, while another process held DVC's lock"
+    assert record.md5 == _lock(dvc_project)["toy_data"]["outs"][0]["md5"]
+    assert "toy_data" not in tracking.status()
+
+
+def test_a_stage_whose_input_was_never_recorded_is_left_uncommitted(dvc_project, dagster_instance, monkeypatch):
+    """DVC cannot commit a stage with a missing dependency: the asset still materializes (without a DVC hash),
+    `dvc status` names its stage, and recording the input and the asset again brings DVC up to date."""
+    artifacts = dvc_project / "artifacts"
+    monkeypatch.setenv("RLHF_DVC", "off")
+    materialize_toy(dagster_instance, artifacts, selection=[toy_data])
+    monkeypatch.delenv("RLHF_DVC")
+    materialize_toy(dagster_instance, artifacts, selection=[toy_model])
+    metadata = _metadata(dagster_instance, "toy_model")
+    assert "dvc_md5" not in metadata and metadata["dvc_stage"].value == "toy_model"
+    assert (artifacts / "toy_model" / "current").is_dir()
+    assert "toy_model" in DvcTracking(dvc_project).status()
+    materialize_toy(dagster_instance, artifacts)
+    assert DvcTracking(dvc_project).status() == {}
+    assert _lock(dvc_project)["toy_model"]["outs"][0]["md5"] == _metadata(dagster_instance, "toy_model")["dvc_md5"].value
 
 
 def test_repository_dvc_yaml_matches_the_asset_graph():

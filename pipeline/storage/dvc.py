@@ -10,23 +10,31 @@ files in the DVC cache (hard-linked, so no extra bytes) and writes the stage's h
 records can be compared. Older versions stay in the DVC cache and in git history of `dvc.lock`.
 
 When tracking is on: when `$RLHF_DVC_ROOT` names a directory, or when the artifacts root's parent
-directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp dir).
-`RLHF_DVC=off` turns it off; `RLHF_DVC=on` makes a missing DVC project an error. A project with
-`dvc.yaml` but no `.dvc/` is `dvc init`-ed on first use, with a local remote `.dvc-remote/`.
+directory holds `dvc.yaml` (the repository for `make run`; never a test's tmp dir), and DVC is
+installed. `RLHF_DVC=off` turns it off; `RLHF_DVC=on` makes a missing DVC project or a missing DVC an
+error (otherwise a warning). A project with `dvc.yaml` but no `.dvc/` is `dvc init`-ed on first use,
+with a local remote `.dvc-remote/`.
 
 DVC's repository lock allows one writer at a time: every write here holds an exclusive file lock
 per DVC root, so parallel Dagster steps record one after another.
+
+DVC runs as a command, in an environment of its own: `make install` creates `.venv-dvc/` (pinned by
+`constraints-dvc.txt`) beside the pipeline's `.venv/`. DVC's hydra/omegaconf pin the antlr4 4.9
+runtime, Dagster's asset-selection grammar needs 4.13, so the two cannot share an interpreter
+(`dagster asset materialize --select ...` would crash). Every DVC operation here is one `dvc ...`
+process, run in the DVC root; `dvc_executable` says which `dvc` that is.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -46,6 +54,8 @@ DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
 ENV_SWITCH = "RLHF_DVC"
 ENV_ROOT = "RLHF_DVC_ROOT"
+ENV_BIN = "RLHF_DVC_BIN"  # the `dvc` executable, when not the repository's .venv-dvc/bin/dvc
+TOOL_VENV = ".venv-dvc"  # made by `make install` in the repository
 DEFAULT_REMOTE_NAME = "local"
 DEFAULT_REMOTE_DIR = ".dvc-remote"
 # Hard links keep one copy of each file across the version dir, `current` and the DVC cache; DVC
@@ -59,14 +69,15 @@ DEFAULT_DVC_CONFIG = f"""[core]
 ['remote "{DEFAULT_REMOTE_NAME}"']
     url = ../{DEFAULT_REMOTE_DIR}
 """
-# Not `dagster asset materialize --select`: Dagster's selection parser needs antlr4 4.13 and DVC's
-# hydra pins 4.9, so string selections fail in this environment.
+# `rlhf materialize` rather than `dagster asset materialize --select`: with no DAGSTER_HOME set (as under
+# a bare `dvc repro`) it opens the repository's instance, .dagster/, not a throwaway one.
 STAGE_COMMAND = "rlhf materialize {asset}"
+# What `dvc` prints (to stderr, exit 255) when another DVC process holds the repository lock.
+LOCK_ERROR_MARK = "Unable to acquire lock"
+LOCK_ATTEMPTS = 5
 
 _OFF = {"0", "off", "false", "no"}
 _ON = {"1", "on", "true", "yes"}
-
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # nothing leaves the machine
 
 
 class DvcTrackingError(RuntimeError):
@@ -110,6 +121,13 @@ def tracking_for(artifact_path: Path) -> DvcTracking | None:
                 f"{ENV_SWITCH}={switch} but no dvc.yaml at or above the artifacts root {artifacts_root}; "
                 f"set {ENV_ROOT} or write a dvc.yaml there"
             )
+        return None
+    try:
+        dvc_executable()
+    except DvcTrackingError as error:
+        if switch in _ON:
+            raise
+        logger.warning("DVC tracking is off for %s: %s", root, error)
         return None
     return DvcTracking(root)
 
@@ -194,11 +212,15 @@ class DvcTracking:
                 return DvcRecord(asset_name, spec["outs"][0], None)
             missing = [dep for dep in spec.get("deps", []) if not (self.root / dep).exists()]
             if missing:
+                # DVC cannot commit a stage with a missing dependency (not even through its API's
+                # `allow_missing`: its run cache hashes every dependency).
                 logger.warning(
-                    "DVC stage %s: inputs %s were never recorded with DVC; `dvc status` will show them "
-                    "until they are re-materialized with DVC tracking on", asset_name, missing,
+                    "DVC stage %s not committed: its inputs %s were never recorded with DVC; `dvc status` "
+                    "shows the stage until they and this asset are re-materialized with DVC tracking on",
+                    asset_name, missing,
                 )
-            self._with_repo(lambda repo: repo.commit(asset_name, force=True, allow_missing=bool(missing)))
+                return DvcRecord(asset_name, spec["outs"][0], None)
+            self._dvc("commit", "--force", asset_name)
             md5 = self.locked_out_hash(asset_name)
         logger.info("DVC recorded %s (%s) in %.1fs", asset_name, md5, time.monotonic() - started)
         return DvcRecord(asset_name, spec["outs"][0], md5)
@@ -211,7 +233,6 @@ class DvcTracking:
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                _point_dvc_logging_at_current_streams()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -220,10 +241,9 @@ class DvcTracking:
         """`dvc init` (with a local default remote) if this project has no .dvc/ yet."""
         if (self.root / ".dvc").is_dir():
             return
-        from dvc.repo import Repo
-
         git_top = _git_toplevel(self.root)
-        Repo.init(str(self.root), no_scm=git_top is None, subdir=git_top is not None and git_top != self.root)
+        flags = ["--no-scm"] if git_top is None else ["--subdir"] if git_top != self.root else []
+        self._dvc("init", "--quiet", *flags)
         self._configure_defaults(no_scm=git_top is None)
         if git_top is not None:
             gitignore = self.root / ".gitignore"
@@ -250,29 +270,29 @@ class DvcTracking:
             raise DvcTrackingError(f"{lock} has no out hash for stage {stage!r}") from error
 
     def push(self, remote: str | None = None) -> int:
-        """Upload every tracked artifact to the remote (default: the local `.dvc-remote/`)."""
+        """Upload every tracked artifact to the remote (default: the local `.dvc-remote/`); the number
+        of files uploaded."""
         with self.writer_lock():
-            return self._with_repo(lambda repo: repo.push(remote=remote))
+            output = self._dvc("push", *_remote_flag(remote))
+        pushed = re.search(r"(\d+) files? pushed", output)
+        return int(pushed.group(1)) if pushed else 0
 
-    def pull(self, remote: str | None = None) -> Any:
+    def pull(self, remote: str | None = None) -> None:
         """Restore every `current` directory from the remote."""
         with self.writer_lock():
-            return self._with_repo(lambda repo: repo.pull(remote=remote, force=True))
+            self._dvc("pull", "--force", *_remote_flag(remote))
 
     def status(self) -> dict[str, Any]:
         """`dvc status` of the pipeline: {} when every stage is up to date."""
         with self.writer_lock():
-            return self._with_repo(lambda repo: repo.status())
+            return json.loads(self._dvc("status", "--json") or "{}")
 
     def stage_edges(self) -> set[tuple[str, str]]:
         """(upstream stage, downstream stage) pairs of `dvc dag`, in the asset graph's direction."""
-
-        def edges(repo):
-            # DVC's graph points from a stage to the stages it depends on.
-            return {(dependency.name, stage.name) for stage, dependency in repo.index.graph.edges}
-
         with self.writer_lock():
-            return self._with_repo(edges)
+            dot = self._dvc("dag", "--dot")
+        # `dvc dag --dot` draws edges from a stage's dependency to the stage: `"toy_data" -> "toy_model";`.
+        return set(re.findall(r'^\s*"?([^"\s]+)"?\s*->\s*"?([^"\s;]+)"?', dot, flags=re.MULTILINE))
 
     def _sync_stage(self, asset_name: str, spec: dict[str, Any]) -> None:
         """Add or correct the asset's stage in dvc.yaml (other stages and their order are kept)."""
@@ -293,49 +313,55 @@ class DvcTracking:
                 f"paths inside it (set {ENV_ROOT} to a directory containing the artifacts root, or {ENV_SWITCH}=off)"
             ) from None
 
-    def _with_repo(self, action, attempts: int = 5):
-        from dvc.lock import LockError
-        from dvc.repo import Repo
-
-        for attempt in range(attempts):
-            try:
-                with _working_directory(self.root), Repo(str(self.root)) as repo:
-                    return action(repo)
-            except LockError:
-                # Someone outside this pipeline (a `dvc` command) holds the repository lock.
-                if attempt == attempts - 1:
-                    raise
+    def _dvc(self, *args: str) -> str:
+        """Run `dvc ARGS...` in the DVC root; its stdout."""
+        command = [dvc_executable(), *args]
+        what = f"dvc {' '.join(args)}"
+        for attempt in range(LOCK_ATTEMPTS):
+            completed = subprocess.run(command, cwd=self.root, env=_dvc_environment(), capture_output=True, text=True)
+            if completed.returncode == 0:
+                if completed.stderr.strip():
+                    logger.debug("%s: %s", what, completed.stderr.strip())
+                return completed.stdout
+            # Someone outside this pipeline (a `dvc` command) holds the repository lock; DVC itself
+            # has already retried for a few seconds.
+            if LOCK_ERROR_MARK in completed.stderr and attempt < LOCK_ATTEMPTS - 1:
                 time.sleep(2.0 * (attempt + 1))
+                continue
+            output = (completed.stderr.strip() or completed.stdout.strip())[-2000:]
+            raise DvcTrackingError(f"{what} failed in {self.root} (exit {completed.returncode}):\n{output}")
+        raise AssertionError("unreachable")
 
 
-def _point_dvc_logging_at_current_streams() -> None:
-    """`import dvc` binds its log handlers to the sys.stdout/stderr of that moment; a stream swapped
-    out since (Dagster's compute-log capture, pytest's capture) would be closed, and DVC raises on a
-    failed log write. Re-point them at the current streams before each use."""
-    import logging
+def dvc_executable() -> str:
+    """The `dvc` command: `$RLHF_DVC_BIN` if set, else `.venv-dvc/bin/dvc` of the checkout this code runs
+    from (made by `make install`), else a `dvc` on PATH."""
+    explicit = os.environ.get(ENV_BIN)
+    if explicit:
+        return explicit
+    checkout = Path(__file__).resolve().parents[2] / TOOL_VENV / "bin" / "dvc"
+    if checkout.is_file():
+        return str(checkout)
+    on_path = shutil.which("dvc")
+    if on_path:
+        return on_path
+    raise DvcTrackingError(
+        f"DVC is not installed: `make install` creates {TOOL_VENV}/ with it, or set {ENV_BIN} to a `dvc` "
+        f"executable (or {ENV_SWITCH}=off to record nothing in DVC)"
+    )
 
-    import dvc  # noqa: F401  (its import installs the handlers this re-points)
 
-    for name in ("dvc", "dvc_objects", "dvc_data"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler):
-                # Not setStream(): it flushes the old stream, which may be closed.
-                handler.acquire()
-                try:
-                    handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
-                finally:
-                    handler.release()
+def _dvc_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The pipeline's interpreter settings must not leak into DVC's.
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
+        env.pop(name, None)
+    env["DVC_NO_ANALYTICS"] = "1"  # nothing leaves the machine
+    return env
 
 
-@contextmanager
-def _working_directory(directory: Path) -> Iterator[None]:
-    """Run DVC from its root: it resolves stage names and dependency paths against the cwd."""
-    previous = os.getcwd()
-    os.chdir(directory)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+def _remote_flag(remote: str | None) -> list[str]:
+    return ["--remote", remote] if remote else []
 
 
 def _git_toplevel(directory: Path) -> Path | None:
