@@ -1,7 +1,8 @@
 """Data assets: SFT pairs, preference pairs, PPO prompts and held-out evaluation prompts.
 
 Each comes from the seeded generator by default, or from a user source (`source`: JSONL, Parquet or CSV
-file, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`: see pipeline/data/sources.py.
+file, plain or gzip-compressed, a saved `datasets` directory or `hub:<id>`) read in a dataset `format`:
+see pipeline/data/sources.py.
 """
 
 
