@@ -217,3 +217,16 @@ def test_data_assets_drop_what_the_gates_flag_and_lineage_and_leaks_still_answer
     # Without a scope it reads the latest evaluations: the cleaned data's, which passed.
     assert cli.main(["leaks"]) == 0
     assert "no leak found" in capsys.readouterr().out
+
+
+def test_without_the_options_the_eval_prompts_edge_is_unused_and_reruns_reuse(tmp_path, dagster_instance):
+    """sft_data alone, eval_prompts never materialized: it runs, and an unchanged re-run reuses it."""
+    config = {"ops": {"sft_data": {"config": {"n_records": 16}}}}
+    resources = {"artifacts": ArtifactStoreResource(root=str(tmp_path / "artifacts")), "io_manager": ArtifactIOManager()}
+    runs = [dg.materialize(list(defs.assets), selection=[dg.AssetKey("sft_data")], instance=dagster_instance,
+                           run_config=config, resources=resources) for _ in range(2)]
+    assert all(run.success for run in runs)
+    [first, second] = [run.get_asset_materialization_events()[0].materialization.metadata for run in runs]
+    assert "reused_from_run" not in first and second["reused_from_run"].value == runs[0].run_id
+    assert second["artifact_path"] == first["artifact_path"]
+    assert dagster_instance.get_latest_materialization_event(dg.AssetKey("eval_prompts")) is None

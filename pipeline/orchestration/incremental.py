@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import DEFAULT_DATA_VERSION  # what Dagster records for a never-materialized upstream
 
 from pipeline.orchestration.materializations import (
     artifact_path_of,
@@ -132,10 +133,14 @@ def staleness(
         name = parent.to_user_string()
         upstream = latest_materialization(instance, parent)
         current = data_version_of(upstream) if upstream is not None else None
+        before = recorded_inputs.get(parent)
         if current is None:
+            if before is None or before == DEFAULT_DATA_VERSION:
+                # Absent then and now: an upstream the asset does without unless configured to read it
+                # (the training data assets' eval_prompts); an input it needs would have failed the run.
+                continue
             result.reasons.append(f"upstream {name} never materialized")
             continue
-        before = recorded_inputs.get(parent)
         if before is None or before.value != current:
             result.reasons.append(
                 f"upstream {name} data version changed: {_short(before.value if before else None)} -> {_short(current)}"
