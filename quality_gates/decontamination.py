@@ -4,8 +4,8 @@ With `drop_eval_leaks` / `drop_duplicates` set, sft_data, preference_data and pp
 to drop with the gates' own entry points (`quality_gates.leak.flag_eval_leaks`,
 `quality_gates.dedup.flag_duplicates`), keep the others as their data and write the removed ones, each
 with its reason and what it matched, to `dropped.jsonl` beside it. The gates then run on the kept rows
-and pass (at the settings the rows were dropped with: the gates' defaults unless the asset is told
-otherwise).
+and pass at the settings the rows were dropped with (the assets use the gates' defaults; a gate given
+other thresholds in its check config can still flag rows).
 
 Order: eval leaks first, then duplicates among the rows left, so no row is dropped as the copy of a
 row that was itself dropped as a leak (its copy is then the one that stays, unless it leaks too).
