@@ -39,7 +39,7 @@ class SourceSettings(BaseModel):
 
     source: str | None = Field(
         None,
-        description="a .jsonl/.parquet/.csv file, a `datasets` save_to_disk directory, or `hub:<owner>/<name>`; "
+        description="a .jsonl/.parquet/.csv file (.jsonl.gz, .json.gz, .csv.gz: gzip-compressed), a `datasets` save_to_disk directory, or `hub:<owner>/<name>`; "
         "empty: the built-in generator",
     )
     format: DataFormat = Field("records", description="records | hh_rlhf | ultrafeedback | tldr | messages")

@@ -29,8 +29,8 @@ from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.resources import ArtifactStoreResource
 from pipeline.settings import settings_from
 from pipeline.storage.contract import DATA_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE, RM_EVAL_FILE
-from quality_gates.dedup import DedupSettings, compared_fields, find_duplicates
-from quality_gates.leak import LeakSettings, find_eval_leaks
+from quality_gates.dedup import DedupSettings, flag_duplicates
+from quality_gates.leak import LeakSettings, flag_eval_leaks
 from quality_gates.length_bias import (
     LengthBiasSettings,
     length_bias_violations,
@@ -47,15 +47,10 @@ from quality_gates.model_gates import (
     steps_beyond_kl_bound,
 )
 from quality_gates.reuse import reusable_gate
+from quality_gates.text import TRAINING_TEXT_FIELDS
 
 FIRST_ROWS = 10  # offending rows shown in a failing check's metadata
 
-# The text a training record carries, prompt first; fields a record lacks are skipped.
-TRAINING_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    "sft_data": ("prompt", "completion"),
-    "preference_data": ("prompt", "chosen", "rejected"),
-    "ppo_prompts": ("prompt", "reference"),
-}
 DATA_ASSETS = ("sft_data", "preference_data", "ppo_prompts", "eval_prompts")
 
 
@@ -107,8 +102,8 @@ def dedup_check(asset_name: str) -> dg.AssetChecksDefinition:
     @reusable_gate
     def _dedup(context: dg.AssetCheckExecutionContext, config: DedupConfig, data: Path) -> dg.AssetCheckResult:
         records = load_data(data)
-        fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
-        report = find_duplicates(records, fields, settings_from(config, DedupSettings))
+        report = flag_duplicates(records, TRAINING_TEXT_FIELDS[asset_name], settings_from(config, DedupSettings))
+        fields = report.fields
         passed = len(report.exact) <= config.max_exact_duplicates and len(report.near) <= config.max_near_duplicates
         summary = (
             f"{len(report.exact)} exact and {len(report.near)} near-duplicate records among {len(records)} "
@@ -147,8 +142,7 @@ def eval_leak_check(asset_name: str) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         records = load_data(data)
         evaluation = [r["prompt"] for r in load_data(eval_prompts)]
-        fields = compared_fields(records, TRAINING_TEXT_FIELDS[asset_name])
-        leaks = find_eval_leaks(records, fields, evaluation, settings_from(config, LeakSettings))
+        leaks = flag_eval_leaks(records, TRAINING_TEXT_FIELDS[asset_name], evaluation, settings_from(config, LeakSettings))
         passed = len(leaks) <= config.max_leaked_records
         summary = f"{len(leaks)} of {len(records)} training records contain one of {len(evaluation)} evaluation prompts"
         context.log.info(f"{asset_name} eval_leak: {summary}")

@@ -66,6 +66,14 @@ def compared_fields(records: Sequence[dict[str, Any]], candidates: tuple[str, ..
     return present
 
 
+def flag_duplicates(
+    records: Sequence[dict[str, Any]], candidate_fields: tuple[str, ...], settings: DedupSettings
+) -> DuplicateReport:
+    """What the dedup gate flags: duplicates on the candidate fields every record has (the one entry point
+    of the gate and of the data assets' `drop_duplicates`)."""
+    return find_duplicates(records, compared_fields(records, candidate_fields), settings)
+
+
 def find_duplicates(records: Sequence[dict[str, Any]], fields: Sequence[str], settings: DedupSettings) -> DuplicateReport:
     """Exact and near duplicates among `records`; rows are numbered from 1 as in `data.jsonl`."""
     fields = tuple(fields)

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quality_gates.dedup import compared_fields
 from quality_gates.text import normalise_text, word_ngrams
 
 
@@ -31,6 +32,17 @@ class LeakSettings(BaseModel):
         4, gt=0, description="a shorter evaluation prompt is only matched exactly, never as a contained phrase"
     )
     max_leaked_records: int = Field(0, ge=0, description="how many contaminated training records are tolerated")
+
+
+def flag_eval_leaks(
+    training_records: Sequence[dict[str, Any]],
+    candidate_fields: tuple[str, ...],
+    eval_prompts: Sequence[str],
+    settings: LeakSettings,
+) -> list[dict[str, Any]]:
+    """What the eval_leak gate flags: leaks into the candidate fields every record has (the one entry
+    point of the gate and of the data assets' `drop_eval_leaks`)."""
+    return find_eval_leaks(training_records, compared_fields(training_records, candidate_fields), eval_prompts, settings)
 
 
 def find_eval_leaks(

@@ -1,4 +1,4 @@
-"""Text normalisation and word n-grams shared by the dedup and eval-leak gates.
+"""Text normalisation, word n-grams and the compared fields shared by the dedup and eval-leak gates.
 
 Both gates must agree on when two texts are "the same": case, whitespace and punctuation do not
 count, words and numbers do (so "What is 12 + 35?" and "what is 12+35" match, but
@@ -9,6 +9,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+# The text a training record carries, prompt first, by data asset; fields a record lacks are skipped
+# (`quality_gates.dedup.compared_fields`). The dedup and eval-leak gates compare these, and so does the
+# cleaning that drops what they flag (`quality_gates.decontamination`).
+TRAINING_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft_data": ("prompt", "completion"),
+    "preference_data": ("prompt", "chosen", "rejected"),
+    "ppo_prompts": ("prompt", "reference"),
+}
 
 _NOT_WORD = re.compile(r"[^\w\s]+")
 _SPACE = re.compile(r"\s+")

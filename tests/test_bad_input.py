@@ -5,6 +5,7 @@ Each file case is tried twice: on the library (`load_user_records`) and through 
 the data asset with `source` set. README.md has the same cases as a table.
 """
 
+import gzip
 import inspect
 import json
 import re
@@ -26,6 +27,10 @@ def _jsonl(*records) -> bytes:
     return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
 
 
+def _cut_in_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
 GOOD_SFT = {"prompt": "What is a policy?", "completion": "A mapping from states to actions."}
 GOOD_PAIR = {"prompt": "What is a policy?", "chosen": "A mapping from states to actions.", "rejected": "No idea."}
 
@@ -33,27 +38,27 @@ GOOD_PAIR = {"prompt": "What is a policy?", "chosen": "A mapping from states to 
 # The pattern always names the file and, where the problem sits in one row, the row and the field.
 FILE_CASES = [
     ("malformed_json", "sft", "bad.jsonl", _jsonl(GOOD_SFT, b'{"prompt": "x", "completion": '),
-     r"bad\.jsonl, row 2: malformed JSON"),
+     r"bad\.jsonl, row 2 \(line 2\): malformed JSON"),
     ("missing_field", "sft", "bad.jsonl", _jsonl(GOOD_SFT, {"prompt": "only a prompt"}),
-     r"bad\.jsonl, row 2, field 'completion': missing"),
+     r"bad\.jsonl, row 2 \(line 2\), field 'completion': missing"),
     ("wrong_type", "sft", "bad.jsonl", _jsonl({"prompt": 42, "completion": "x"}),
-     r"bad\.jsonl, row 1, field 'prompt': expected a string, got int"),
+     r"bad\.jsonl, row 1 \(line 1\), field 'prompt': expected a string, got int"),
     ("empty_prompt", "sft", "bad.jsonl", _jsonl(GOOD_SFT, GOOD_SFT, {"prompt": "  ", "completion": "x"}),
-     r"bad\.jsonl, row 3, field 'prompt': empty string"),
+     r"bad\.jsonl, row 3 \(line 3\), field 'prompt': empty string"),
     ("empty_answer", "sft", "bad.jsonl", _jsonl({"prompt": "p", "completion": ""}),
-     r"bad\.jsonl, row 1, field 'completion': empty string"),
+     r"bad\.jsonl, row 1 \(line 1\), field 'completion': empty string"),
     ("chosen_equals_rejected", "preference", "bad.jsonl",
      _jsonl(GOOD_PAIR, {"prompt": "p", "chosen": "same answer", "rejected": "same answer "}),
-     r"bad\.jsonl, row 2, field 'rejected': chosen and rejected .*identical"),
+     r"bad\.jsonl, row 2 \(line 2\), field 'rejected': chosen and rejected .*identical"),
     ("not_utf8", "sft", "bad.jsonl", _jsonl(GOOD_SFT, b'{"prompt": "caf\xe9", "completion": "x"}'),
-     r"bad\.jsonl, row 2: bytes that are not UTF-8"),
+     r"bad\.jsonl, row 2 \(line 2\): bytes that are not UTF-8"),
     ("ten_mb_line", "sft", "bad.jsonl",
      lambda: _jsonl(GOOD_SFT, {"prompt": "x" * (10 << 20), "completion": "y"}),
-     rf"bad\.jsonl, row 2: line is longer than the {MAX_LINE_BYTES} bytes"),
+     rf"bad\.jsonl, row 2 \(line 2\): line is longer than the {MAX_LINE_BYTES} bytes"),
     ("blank_line_between_records", "sft", "bad.jsonl", _jsonl(GOOD_SFT) + b"\n" + _jsonl(GOOD_SFT),
-     r"bad\.jsonl, row 2: blank line"),
+     r"bad\.jsonl, row 2 \(line 2\): blank line"),
     ("top_level_not_object", "sft", "bad.jsonl", _jsonl(["prompt", "completion"]),
-     r"bad\.jsonl, row 1: expected a( JSON)? object, got list"),
+     r"bad\.jsonl, row 1 \(line 1\): expected a( JSON)? object, got list"),
     ("empty_file", "sft", "bad.jsonl", b"",
      r"bad\.jsonl: contains no records"),
     ("missing_file", "sft", "does_not_exist.jsonl", None,
@@ -62,6 +67,17 @@ FILE_CASES = [
      r"a_directory\.jsonl: is a directory"),
     ("parquet_wrong_type", "preference", "bad.parquet", "parquet",
      r"bad\.parquet, row 1, field 'chosen': expected a string, got int"),
+    # Compressed JSONL: the same rows and messages as the plain file.
+    ("gz_missing_field", "sft", "bad.jsonl.gz", gzip.compress(_jsonl(GOOD_SFT, {"prompt": "only a prompt"})),
+     r"bad\.jsonl\.gz, row 2 \(line 2\), field 'completion': missing"),
+    ("gz_unterminated_string", "sft", "bad.json.gz", gzip.compress(_jsonl(GOOD_SFT, b'{"prompt": "x')),
+     r"bad\.json\.gz, row 2 \(line 2\): malformed JSON \(Unterminated string starting at column 12\)"),
+    ("gz_not_gzip", "sft", "bad.jsonl.gz", _jsonl(GOOD_SFT),
+     r"bad\.jsonl\.gz: not a readable gzip file"),
+    ("gz_cut_off", "sft", "bad.jsonl.gz", lambda: _cut_in_half(gzip.compress(_jsonl(*[GOOD_SFT] * 3000))),
+     r"bad\.jsonl\.gz: the gzip data is cut off or corrupt after line \d+"),
+    ("unsupported_type", "sft", "train.gz", gzip.compress(_jsonl(GOOD_SFT)),
+     r"train\.gz: unsupported file type '\.gz'; use \.jsonl, \.json, \.jsonl\.gz, \.json\.gz, \.parquet, \.csv or \.csv\.gz"),
 ]
 
 

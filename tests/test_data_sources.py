@@ -1,5 +1,6 @@
 """Each dataset format adapter on its hand-written fixture, every kind of source, and bad rows named precisely."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -218,34 +219,34 @@ def test_hub_failure_is_a_data_error_naming_the_source(monkeypatch):
     ("data_format", "kind", "row", "expected"),
     [
         ("hh_rlhf", "preference", {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi"},
-         r"row 2, field 'rejected': dialogue has no assistant turn"),
+         r"row 2 \(line 2\), field 'rejected': dialogue has no assistant turn"),
         ("hh_rlhf", "preference", {"chosen": "\n\nHuman: hi\n\nAssistant: hello"},
-         r"row 2, field 'rejected': missing column"),
+         r"row 2 \(line 2\), field 'rejected': missing column"),
         ("hh_rlhf", "preference", {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": 7},
-         r"row 2, field 'rejected': expected a string, got int"),
+         r"row 2 \(line 2\), field 'rejected': expected a string, got int"),
         ("hh_rlhf", "preference", {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: bye\n\nAssistant: no"},
-         r"row 2, field 'rejected': chosen and rejected dialogues differ before their final answers \(at turn 1\)"),
+         r"row 2 \(line 2\), field 'rejected': chosen and rejected dialogues differ before their final answers \(at turn 1\)"),
         ("hh_rlhf", "preference", {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: hello "},
-         r"row 2, field 'rejected': chosen and rejected answers are identical"),
-        ("hh_rlhf", "sft", {"chosen": "just some text"}, r"row 2, field 'chosen': no 'Human:' / 'Assistant:' turns"),
-        ("hh_rlhf", "sft", {"chosen": "\n\nHuman: hi\n\nAssistant:   "}, r"row 2, field 'chosen': message 2 \(assistant\) has empty content"),
+         r"row 2 \(line 2\), field 'rejected': chosen and rejected answers are identical"),
+        ("hh_rlhf", "sft", {"chosen": "just some text"}, r"row 2 \(line 2\), field 'chosen': no 'Human:' / 'Assistant:' turns"),
+        ("hh_rlhf", "sft", {"chosen": "\n\nHuman: hi\n\nAssistant:   "}, r"row 2 \(line 2\), field 'chosen': message 2 \(assistant\) has empty content"),
         ("ultrafeedback", "preference", {"chosen": "not a list", "rejected": []},
-         r"row 2, field 'chosen': expected a list of messages, got str"),
+         r"row 2 \(line 2\), field 'chosen': expected a list of messages, got str"),
         ("ultrafeedback", "preference",
          {"chosen": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}], "rejected": []},
-         r"row 2, field 'chosen': message 2 has role 'bot'"),
+         r"row 2 \(line 2\), field 'chosen': message 2 has role 'bot'"),
         ("messages", "sft", {"messages": [{"role": "user", "content": "only a question"}]},
-         r"row 2, field 'messages': dialogue has no assistant turn"),
+         r"row 2 \(line 2\), field 'messages': dialogue has no assistant turn"),
         ("messages", "sft", {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]},
-         r"row 2, field 'messages': dialogue must start with a user turn"),
-        ("tldr", "sft", {"post": "text", "summary": ""}, r"row 2, field 'summary': empty string"),
+         r"row 2 \(line 2\), field 'messages': dialogue must start with a user turn"),
+        ("tldr", "sft", {"post": "text", "summary": ""}, r"row 2 \(line 2\), field 'summary': empty string"),
         ("tldr", "preference", {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 2},
-         r"row 2, field 'choice': expected 0 or 1, got 2"),
+         r"row 2 \(line 2\), field 'choice': expected 0 or 1, got 2"),
         ("tldr", "preference", {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"note": "b"}], "choice": 0},
-         r"row 2, field 'summaries\[1\].text': missing field"),
+         r"row 2 \(line 2\), field 'summaries\[1\].text': missing field"),
         ("tldr", "preference", {"info": {"title": "t"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0},
-         r"row 2, field 'info.post': missing field"),
-        ("records", "sft", {"prompt": "q", "completion": None}, r"row 2, field 'completion': expected a string, got NoneType"),
+         r"row 2 \(line 2\), field 'info.post': missing field"),
+        ("records", "sft", {"prompt": "q", "completion": None}, r"row 2 \(line 2\), field 'completion': expected a string, got NoneType"),
     ],
 )
 def test_bad_rows_are_rejected_naming_source_row_and_field(tmp_path, data_format, kind, row, expected):
@@ -270,7 +271,7 @@ def test_skip_mode_leaves_bad_rows_out_and_reports_them(tmp_path):
     loaded = load_source(SourceSettings(source=source, format="hh_rlhf", on_bad_row="skip"), "preference")
     assert loaded.records == load(HH, "hh_rlhf", "preference")
     assert loaded.n_rows_read == 7
-    assert loaded.skipped == [f"{source}, row 2, field 'rejected': chosen and rejected answers are identical"]
+    assert loaded.skipped == [f"{source}, row 2 (line 2), field 'rejected': chosen and rejected answers are identical"]
 
 
 def test_a_missing_local_source_that_looks_like_a_hub_id_says_how_to_name_one(tmp_path):
@@ -290,3 +291,39 @@ def test_csv_with_a_short_row_names_row_and_column(tmp_path):
     path.write_text("prompt,completion\nq,a\nonly a prompt\n")
     with pytest.raises(DataError, match=r"short.csv, row 2, field 'completion': row ends before column 'completion'"):
         load(str(path), "records", "sft")
+
+
+@pytest.mark.parametrize("fixture,data_format,kind,name", [
+    (HH, "hh_rlhf", "preference", "train.jsonl.gz"),
+    (ULTRAFEEDBACK, "ultrafeedback", "preference", "train.json.gz"),
+    (CSV_PAIRS, "records", "sft", "pairs.csv.gz"),
+])
+def test_gzip_compressed_files_read_as_the_plain_ones(tmp_path, fixture, data_format, kind, name):
+    compressed = tmp_path / name
+    compressed.write_bytes(gzip.compress(Path(fixture).read_bytes()))
+    assert load(str(compressed), data_format, kind) == load(fixture, data_format, kind)
+
+
+def test_a_bad_row_inside_a_gzip_file_is_named_by_file_row_line_and_field(tmp_path):
+    rows = [json.loads(line) for line in Path(HH).read_text().splitlines()]
+    rows.insert(2, {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: bye\n\nAssistant: no"})
+    source = tmp_path / "train.jsonl.gz"
+    source.write_bytes(gzip.compress("".join(json.dumps(row) + "\n" for row in rows).encode()))
+    with pytest.raises(DataError) as raised:
+        load(str(source), "hh_rlhf", "preference")
+    assert str(raised.value) == (
+        f"{source}, row 3 (line 3), field 'rejected': "
+        "chosen and rejected dialogues differ before their final answers (at turn 1)"
+    )
+    loaded = load_source(SourceSettings(source=str(source), format="hh_rlhf", on_bad_row="skip"), "preference")
+    assert loaded.n_rows_read == len(rows) and len(loaded.skipped) == 1 and "row 3 (line 3)" in loaded.skipped[0]
+
+
+def test_an_unsupported_file_type_lists_every_supported_one(tmp_path):
+    source = tmp_path / "train.gz"
+    source.write_bytes(gzip.compress(Path(HH).read_bytes()))
+    with pytest.raises(DataError) as raised:
+        load(str(source), "hh_rlhf", "preference")
+    assert str(raised.value) == (
+        f"{source}: unsupported file type '.gz'; use .jsonl, .json, .jsonl.gz, .json.gz, .parquet, .csv or .csv.gz"
+    )

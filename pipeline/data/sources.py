@@ -1,7 +1,8 @@
 """User data sources for the data assets: where rows come from and how a dataset format becomes records.
 
-A source is a local file (JSONL, Parquet through `pipeline.data.records`, or CSV), a directory written
-by `datasets`' `save_to_disk`, or a hub dataset named `hub:<owner>/<name>` (the prefix keeps a
+A source is a local file (JSONL, Parquet or CSV, JSONL and CSV also gzip-compressed as `.jsonl.gz`,
+`.json.gz`, `.csv.gz`: read by `pipeline.data.records`), a directory written by `datasets`'
+`save_to_disk`, or a hub dataset named `hub:<owner>/<name>` (the prefix keeps a
 mistyped local path from turning into a download). `fields` renames source columns to the names
 the format reads, so a dataset with other column names needs no conversion script.
 
@@ -22,7 +23,6 @@ the row and the field, or, with `on_bad_row: skip`, is left out and counted.
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from collections.abc import Callable
@@ -110,39 +110,12 @@ def read_source_rows(settings: SourceSettings) -> tuple[list[dict[str, Any]], st
         if path.is_dir():
             rows = read_saved_dataset(path, settings.split, settings.max_records)
             where = f"{source} split {settings.split or 'train'}"
-        elif path.suffix.lower() == ".csv":
-            rows = read_csv(path)
-            where = source
-        else:
+        else:  # a file: JSONL, Parquet or CSV, plain or compressed (records.FILE_TYPES)
             rows = read_records(path)
             where = source
     if settings.max_records is not None:
         rows = rows[: settings.max_records]
     return rows, f"{where} ({settings.format})"
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """CSV with a header row; every cell is a string (an empty cell is an empty string)."""
-    if not path.exists():
-        raise DataError(path, "file does not exist")
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames:
-                raise DataError(path, "has no header row")
-            rows = []
-            for row_number, row in enumerate(reader, start=1):
-                if None in row:  # DictReader files surplus cells under the key None
-                    raise DataError(path, f"{len(reader.fieldnames) + len(row[None])} cells for {len(reader.fieldnames)} columns", row=row_number)
-                missing = [name for name, value in row.items() if value is None]
-                if missing:
-                    raise DataError(path, f"row ends before column {missing[0]!r}", row=row_number, field=missing[0])
-                rows.append(row)
-    except UnicodeDecodeError as error:
-        raise DataError(path, f"bytes that are not UTF-8 at byte {error.start}") from None
-    except csv.Error as error:
-        raise DataError(path, f"malformed CSV ({error})") from None
-    return rows
 
 
 def _choose_split(dataset, split: str | None, where: str):

@@ -14,6 +14,9 @@ and the latest materialization of the asset is reused, without recomputing, when
 | inputs | `dagster/input_data_version/<asset>` tags | each upstream asset's latest data version (what this run reads) |
 | artifact | `artifact_path`, `content_hash` metadata | the directory still exists and hashes the same |
 
+An upstream declared with `deps=` loads no input (the training data assets' `eval_prompts`, read only
+to drop leaks): never materialized then and now, it is no change, so it does not force a recompute.
+
 A reused materialization returns the same artifact path and the same `DataVersion` (the content
 hash), so Dagster's own staleness (code versions + data versions, shown in the web UI) does not
 mark anything downstream stale, and downstream stages reuse in turn. It records the metadata of the
@@ -36,12 +39,13 @@ comma-separated list of asset names.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import DEFAULT_DATA_VERSION  # what Dagster records for a never-materialized upstream
 
 from pipeline.orchestration.materializations import (
     artifact_path_of,
@@ -50,7 +54,7 @@ from pipeline.orchestration.materializations import (
     latest_materialization,
     recorded,
 )
-from pipeline.orchestration.provenance import asset_code_version, config_hash, upstream_keys
+from pipeline.orchestration.provenance import asset_code_version, config_hash, unloaded_upstream_keys, upstream_keys
 from pipeline.storage.artifacts import content_hash
 from pipeline.storage.contract import ARTIFACT_PATH_KEY, CONFIG_HASH_KEY, CONFIG_KEY, REUSED_FROM_RUN_KEY
 
@@ -102,8 +106,13 @@ def staleness(
     config: Mapping[str, Any] | None,
     parent_keys: Sequence[dg.AssetKey],
     verify_artifact: bool = True,
+    optional_parents: Collection[dg.AssetKey] = (),
 ) -> Staleness:
-    """Compare the asset's latest materialization with its code version, config and inputs now."""
+    """Compare the asset's latest materialization with its code version, config and inputs now.
+
+    `optional_parents`: upstream assets declared with `deps=`, which the asset reads only when its
+    config says so (`provenance.unloaded_upstream_keys`); one never materialized, then or now, is no change.
+    """
     result = Staleness(asset_key.to_user_string())
     record = latest_materialization(instance, asset_key)
     if record is None or record.asset_materialization is None:
@@ -132,10 +141,12 @@ def staleness(
         name = parent.to_user_string()
         upstream = latest_materialization(instance, parent)
         current = data_version_of(upstream) if upstream is not None else None
+        before = recorded_inputs.get(parent)
         if current is None:
+            if parent in optional_parents and (before is None or before == DEFAULT_DATA_VERSION):
+                continue  # absent then and now, and the asset loads nothing from it: no change
             result.reasons.append(f"upstream {name} never materialized")
             continue
-        before = recorded_inputs.get(parent)
         if before is None or before.value != current:
             result.reasons.append(
                 f"upstream {name} data version changed: {_short(before.value if before else None)} -> {_short(current)}"
@@ -193,7 +204,8 @@ def reuse_if_unchanged(context: dg.AssetExecutionContext) -> dg.Output | None:
         context.log.info(f"{name}: recomputing, it reads {', '.join(external)} from outside the pipeline")
         return None
     result = staleness(
-        context.instance, context.asset_key, asset_code_version(context), context.op_config, upstream_keys(context)
+        context.instance, context.asset_key, asset_code_version(context), context.op_config, upstream_keys(context),
+        optional_parents=unloaded_upstream_keys(context.assets_def),
     )
     if result.stale:
         context.log.info(f"{name} is stale, computing it: " + "; ".join(result.reasons))
@@ -230,7 +242,9 @@ def stale_assets(
         op_name = job_def.asset_layer.get_op_output_handle(key).node_handle.name
         op_config = resolved.ops[op_name].config if op_name in resolved.ops else None
         parents = sorted(node.parent_keys, key=lambda k: k.to_user_string())
-        result = staleness(instance, key, node.code_version, op_config, parents, verify_artifacts)
+        result = staleness(
+            instance, key, node.code_version, op_config, parents, verify_artifacts, unloaded_upstream_keys(node.assets_def)
+        )
         stale_parents = [p.to_user_string() for p in parents if p in results and results[p].stale]
         if stale_parents and not any(r.startswith("never materialized") for r in result.reasons):
             result.reasons.append(f"upstream stale: {', '.join(stale_parents)}")

@@ -63,6 +63,29 @@ def artifact_path_of(record: dg.EventLogRecord) -> Path | None:
     return Path(str(path)) if path else None
 
 
+def latest_artifact(instance: dg.DagsterInstance, asset: dg.AssetKey | str) -> Path:
+    """The artifact directory of the asset's latest materialization; `dg.Failure` saying what to do when there is none.
+
+    What the IO manager loads as an input, and what a data asset reads for an edge it uses only
+    with some config (`eval_prompts`, read by the training data assets when they drop eval leaks).
+    """
+    name = asset_key(asset).to_user_string()
+    record = latest_materialization(instance, asset)
+    if record is None or record.asset_materialization is None:
+        raise dg.Failure(
+            f"asset {name} has never been materialized in this Dagster instance; materialize it (or the whole job) first"
+        )
+    path = artifact_path_of(record)
+    if path is None:
+        raise dg.Failure(f"latest materialization of {name} records no {ARTIFACT_PATH_KEY}")
+    if not path.exists():
+        raise dg.Failure(
+            f"artifact of {name} is missing at {path} (run {record.run_id}); "
+            f"restore it (dvc pull, then rlhf restore {name}) or re-materialize the asset"
+        )
+    return path
+
+
 def content_hash_of(record: dg.EventLogRecord) -> str | None:
     return recorded(record, CONTENT_HASH_KEY)
 

@@ -71,6 +71,15 @@ def upstream_keys(context: dg.AssetExecutionContext) -> list[dg.AssetKey]:
     return sorted(context.assets_def.asset_deps.get(context.asset_key, ()), key=lambda k: k.to_user_string())
 
 
+def unloaded_upstream_keys(assets_def: dg.AssetsDefinition) -> set[dg.AssetKey]:
+    """Upstream assets declared with `deps=` (no input value is loaded): the asset reads them, if at all,
+    only when its config says so, as the training data assets read `eval_prompts` to drop leaks."""
+    return {
+        key for name, key in assets_def.keys_by_input_name.items()
+        if assets_def.node_def.input_def_named(name).dagster_type.is_nothing
+    }
+
+
 def provenance_metadata(context: dg.AssetExecutionContext) -> dict[str, Any]:
     """Code version, git state and config hash of the asset being materialized."""
     if asset_code_version(context) is None:

@@ -14,9 +14,8 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.orchestration.materializations import artifact_path_of, latest_materialization
+from pipeline.orchestration.materializations import latest_artifact
 from pipeline.storage.artifacts import ArtifactStore
-from pipeline.storage.contract import ARTIFACT_PATH_KEY
 
 
 class ArtifactStoreResource(dg.ConfigurableResource):
@@ -34,19 +33,4 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"asset {context.asset_key.to_user_string()} must return the path of its artifact, got {obj!r}")
 
     def load_input(self, context: dg.InputContext) -> Path:
-        asset_key = context.asset_key
-        record = latest_materialization(context.instance, asset_key)
-        if record is None or record.asset_materialization is None:
-            raise dg.Failure(
-                f"asset {asset_key.to_user_string()} has never been materialized in this Dagster instance; "
-                "materialize it (or the whole job) first"
-            )
-        path = artifact_path_of(record)
-        if path is None:
-            raise dg.Failure(f"latest materialization of {asset_key.to_user_string()} records no {ARTIFACT_PATH_KEY}")
-        if not path.exists():
-            raise dg.Failure(
-                f"artifact of {asset_key.to_user_string()} is missing at {path} (run {record.run_id}); "
-                f"restore it (dvc pull, then rlhf restore {asset_key.to_user_string()}) or re-materialize the asset"
-            )
-        return path
+        return latest_artifact(context.instance, context.asset_key)

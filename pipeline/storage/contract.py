@@ -16,6 +16,9 @@ from __future__ import annotations
 # data assets (sft_data, preference_data, ppo_prompts, eval_prompts)
 DATA_FILE = "data.jsonl"  # the records, one JSON object per line (row N = line N)
 STATS_FILE = "stats.json"
+# sft_data, preference_data, ppo_prompts with `drop_eval_leaks` / `drop_duplicates`: the rows removed
+# from the data, one JSON object per line with its reason and what it matched
+DROPPED_FILE = "dropped.jsonl"
 
 # model assets (base_model, sft_checkpoint, reward_model, ppo_policy): HF `save_pretrained` directories
 MODEL_CARD_FILE = "README.md"  # the HF model card, with the materialization's lineage
@@ -60,6 +63,10 @@ DVC_STAGE_KEY = "dvc_stage"
 DVC_OUT_KEY = "dvc_out"
 DVC_MD5_KEY = "dvc_md5"
 REUSED_FROM_RUN_KEY = "reused_from_run"  # on a reused materialization: the run that computed the artifact
+
+# data assets that drop eval leaks or duplicates: how many rows they removed, in all and by reason
+N_DROPPED_KEY = "n_dropped"
+DROPPED_BY_REASON_KEY = "dropped_by_reason"
 
 # Written by Dagster on every materialization event (dagster._core.definitions.data_version).
 DATA_VERSION_TAG = "dagster/data_version"
