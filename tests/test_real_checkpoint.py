@@ -116,3 +116,67 @@ def test_generation_past_the_context_window_cuts_the_prompt_instead_of_running_o
     sampled = sample_answers(model, tokenizer, [long], 2, 1.0, 16, 8, seed=0)
     rollout = sampled.batches[0]
     assert rollout.query_ids.shape[1] + rollout.response_ids.shape[1] <= context_length(model.config)
+
+
+LONG_PREFIX = "Earlier in this conversation: once upon a time there was a long, long story. " * 40
+
+
+def _prompt_file(path: Path, records: list[dict]) -> str:
+    from pipeline.data.records import write_jsonl
+
+    write_jsonl(path, records)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_whole_graph_on_stories260k_with_the_tiny_profile_sizes(tiny_run_config, artifacts_root, dagster_instance, tmp_path):
+    """base_model -> ... -> evaluation_report on a checkpoint nobody here trained; one PPO prompt and one
+    evaluation prompt are longer than the 512-position window: cut from the left and counted, not a crash."""
+    import json
+
+    import dagster as dg
+
+    from pipeline.data import generator
+    from pipeline.definitions import defs
+    from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
+
+    run_config = dict(tiny_run_config)
+    ops = run_config["ops"] = dict(tiny_run_config["ops"])
+    ops["base_model"] = {"config": {"model_name_or_path": str(STORIES260K)}}
+    n_ppo, n_eval = ops["ppo_prompts"]["config"]["n_records"], ops["eval_prompts"]["config"]["n_records"]
+    ppo_records = generator.prompt_records(n_ppo, 0, "ppo")
+    ppo_records[0] = {**ppo_records[0], "prompt": LONG_PREFIX + ppo_records[0]["prompt"]}  # a training prompt
+    eval_records = generator.prompt_records(n_eval, 0, "eval")
+    eval_records[-1] = {**eval_records[-1], "prompt": LONG_PREFIX + eval_records[-1]["prompt"]}
+    ops["ppo_prompts"] = {"config": {"source": _prompt_file(tmp_path / "ppo.jsonl", ppo_records)}}
+    ops["eval_prompts"] = {"config": {"source": _prompt_file(tmp_path / "eval.jsonl", eval_records)}}
+
+    result = dg.materialize(
+        list(defs.assets), instance=dagster_instance, run_config=run_config,
+        resources={"artifacts": ArtifactStoreResource(root=str(artifacts_root)), "io_manager": ArtifactIOManager()},
+    )
+    assert result.success
+
+    def metadata(key: str) -> dict:
+        event = dagster_instance.get_latest_materialization_event(dg.AssetKey(key))
+        assert event is not None, f"{key} was not materialized"
+        return event.asset_materialization.metadata
+
+    base = metadata("base_model")
+    assert base["model_name"].value == str(STORIES260K)
+    assert base["vocab_size"].value == 515 and base["context_length"].value == 512
+    assert "pad token" in base["added_to_checkpoint"].value and "chat template" in base["added_to_checkpoint"].value
+    card = (Path(base["artifact_path"].value) / "README.md").read_text()
+    assert "## Changes to the checkpoint" in card and "from 512 to 515 rows" in card
+
+    ppo = metadata("ppo_policy")
+    max_new_tokens = ops["ppo_policy"]["config"]["max_new_tokens"]
+    assert ppo["max_prompt_tokens"].value == 512 - max_new_tokens
+    assert ppo["n_prompts_truncated"].value == 1
+    assert ppo["kl_to_sft"].value <= ppo["kl_bound"].value
+
+    report = metadata("evaluation_report")
+    assert report["n_prompts_truncated"].value == 1
+    evaluation = json.loads((Path(report["artifact_path"].value) / "eval.json").read_text())
+    assert evaluation["prompts_truncated"] == {"ppo": 1, "sft": 1, "base": 1}
+    assert evaluation["n_prompts"] == n_eval and len(evaluation["win_rates"]["ppo_vs_sft"]["reward_model"]["ci95"]) == 2
