@@ -124,7 +124,7 @@ LONG_PREFIX = "Earlier in this conversation: once upon a time there was a long, 
 def _prompt_file(path: Path, records: list[dict]) -> str:
     from pipeline.data.records import write_jsonl
 
-    write_jsonl(path, records)
+    write_jsonl(records, path)
     return str(path)
 
 
