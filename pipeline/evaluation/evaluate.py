@@ -61,8 +61,9 @@ def sample_answers(policy, tokenizer, prompts: Sequence[str], samples_per_prompt
     generations, batches, sums = [], [], []
     for start in range(0, len(repeated), batch_size):
         batch_prompts = repeated[start : start + batch_size]
-        rollout = sample_responses(policy, encode_prompts(tokenizer, batch_prompts, device, max_prompt_tokens), max_new_tokens,
-                                   temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        batch = encode_prompts(tokenizer, batch_prompts, device, max_prompt_tokens)
+        rollout = sample_responses(policy, batch, max_new_tokens, temperature, tokenizer.eos_token_id,
+                                   tokenizer.pad_token_id, generator)
         batches.append(rollout)
         if with_logprobs:
             sums.append(sequence_logprobs(policy, rollout).cpu())
