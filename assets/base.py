@@ -38,16 +38,21 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
     if (reused := reuse_if_unchanged(context)) is not None:
         return record_in_dvc(context, reused)
     from pipeline.training.base_model import build_default_base_model, load_pretrained, resolved_revision
+    from pipeline.training.context_window import context_length
     from pipeline.training.device import select_device
 
     metadata: dict = {}
+    changes: list[str] = []
     if config.model_name_or_path:
-        model, tokenizer = load_pretrained(
+        model, tokenizer, changes = load_pretrained(
             config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
         )
         name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
         if revision := resolved_revision(model):  # the commit a branch or tag pointed to when this ran
             metadata["resolved_revision"] = revision
+        if changes:  # what the checkpoint lacked and got; never silent
+            context.log.info("base_model: " + "; ".join(changes))
+            metadata["added_to_checkpoint"] = dg.MetadataValue.md("\n".join(f"- {change}" for change in changes))
     else:
         device = select_device(config.device).device
 
@@ -69,12 +74,13 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
         model.save_pretrained(staged.path)
         tokenizer.save_pretrained(staged.path)
         (staged.path / MODEL_NAME_FILE).write_text(name + "\n")
-        write_model_card(context, staged.path)
+        write_model_card(context, staged.path, changes=changes)
     n_params = sum(p.numel() for p in model.parameters())
     output = artifact_output(context, staged.path, {
         "model_name": name,
         "n_parameters": n_params,
         "vocab_size": len(tokenizer),
+        "context_length": context_length(model.config),
         **metadata,
     })
     return record_in_dvc(context, output)

@@ -103,6 +103,8 @@ def evaluation_report(
         "judge": result.judge,
         "n_prompts": result.n_prompts,
         "n_verifiable": result.n_verifiable,
+        # Prompts cut from the left to fit a model's context window (the most over the three models).
+        "n_prompts_truncated": max(result.prompts_truncated.values(), default=0),
         **{f"rm_score_{m}": models[m].rm_score_mean for m in models},
         **{f"checker_accuracy_{m}": models[m].checker_accuracy for m in models},
         **{f"format_adherence_{m}": models[m].format_adherence for m in models},

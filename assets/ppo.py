@@ -64,6 +64,11 @@ def ppo_policy(
             f"PPO stopped at step {stopped['step']} of {summary['n_steps_planned']}: KL {stopped['kl']:.2f} passed "
             f"kl_bound={settings.kl_bound}; kept the policy after {stopped['kept_policy_of_step']} updates"
         )
+    if summary["n_prompts_truncated"]:
+        context.log.warning(
+            f"{summary['n_prompts_truncated']} of {len(prompts)} prompts were longer than {summary['max_prompt_tokens']} "
+            f"tokens (the context window minus max_new_tokens) and were cut from the left"
+        )
     if summary["kl_to_sft"] > settings.kl_bound:
         context.log.warning(f"mean KL to SFT {summary['kl_to_sft']:.2f} exceeds kl_bound={settings.kl_bound}")
     output = artifact_output(context, staged.path, {
@@ -80,6 +85,8 @@ def ppo_policy(
         "episodes": summary["episodes"],
         "episodes_per_second": summary["episodes_per_second"],
         "resumed_from_step": summary["resumed_from_step"],
+        "max_prompt_tokens": summary["max_prompt_tokens"] if summary["max_prompt_tokens"] is not None else "no limit",
+        "n_prompts_truncated": summary["n_prompts_truncated"],
         "training_curves": dg.MetadataValue.path(str(staged.path / PPO_CURVES_FILE)),
         "samples": dg.MetadataValue.md(markdown_table(summary["samples"], max_chars=200)),
     })

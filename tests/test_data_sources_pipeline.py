@@ -42,7 +42,7 @@ def test_load_pretrained_completes_a_bare_tokenizer_and_never_shrinks_embeddings
         return original(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    model, tokenizer = load_pretrained(str(directory))
+    model, tokenizer, _ = load_pretrained(str(directory))
     assert seen == [{"revision": None, "trust_remote_code": False, "use_safetensors": True}]
     assert tokenizer.eos_token == EOS
     assert tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id

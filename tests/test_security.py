@@ -78,7 +78,7 @@ def test_pickle_weights_are_refused_unless_allow_pickle(tmp_path):
     checkpoint = _tiny_pickle_only_checkpoint(tmp_path / "pickled")
     with pytest.raises(OSError, match=r"safetensors"):
         load_pretrained(str(checkpoint))
-    model, _ = load_pretrained(str(checkpoint), allow_pickle=True)
+    model, _, _ = load_pretrained(str(checkpoint), allow_pickle=True)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

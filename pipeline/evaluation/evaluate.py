@@ -13,6 +13,7 @@ Only one policy is in memory at a time, so the report also runs on models that d
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from pipeline.evaluation.metrics import summarise
 from pipeline.evaluation.result import MODELS, PAIRS, Answer, Decoding, EvaluationResult, pair_key
 from pipeline.ppo.rollout import Rollout, encode_prompts, sample_responses, sequence_kl, sequence_logprobs
 from pipeline.settings import EvaluationSettings
+from pipeline.training.context_window import context_length, count_over_budget, prompt_budget
 from pipeline.training.device import select_device, torch_cpu_threads
 from pipeline.training.generation import Generation, generate, load_causal_lm, to_generation
 from pipeline.training.reward_model import score
@@ -53,13 +55,15 @@ def sample_answers(policy, tokenizer, prompts: Sequence[str], samples_per_prompt
                    max_new_tokens: int, batch_size: int, seed: int, with_logprobs: bool = False) -> SampledAnswers:
     """`samples_per_prompt` answers per prompt, sampled the way PPO samples its rollouts (truncated at EOS)."""
     device = next(policy.parameters()).device
+    max_prompt_tokens = prompt_budget(context_length(policy.config), max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(seed)
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     generations, batches, sums = [], [], []
     for start in range(0, len(repeated), batch_size):
         batch_prompts = repeated[start : start + batch_size]
-        rollout = sample_responses(policy, encode_prompts(tokenizer, batch_prompts, device), max_new_tokens,
-                                   temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        batch = encode_prompts(tokenizer, batch_prompts, device, max_prompt_tokens)
+        rollout = sample_responses(policy, batch, max_new_tokens, temperature, tokenizer.eos_token_id,
+                                   tokenizer.pad_token_id, generator)
         batches.append(rollout)
         if with_logprobs:
             sums.append(sequence_logprobs(policy, rollout).cpu())
@@ -131,8 +135,15 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> E
     log(f"evaluating {len(prompts)} prompts: answers from ppo, sft, base, {decoding.label}"
         f"{' and greedy' if greedy_too else ''} (max_new_tokens={settings.max_new_tokens})")
 
+    prompts_truncated: dict[str, int] = {}
+
     def answer(name: str, model, tokenizer, kl_samples: bool = False) -> SampledAnswers | None:
         """The model's answers for the comparison (and greedy ones); with `kl_samples`, PPO's samples at T=1."""
+        budget = prompt_budget(context_length(model.config), settings.max_new_tokens)
+        prompts_truncated[name] = count_over_budget(tokenizer, prompts, budget)
+        if prompts_truncated[name]:
+            log(f"{prompts_truncated[name]} of {len(prompts)} prompts exceed {name}'s {budget} prompt tokens "
+                f"(context window minus max_new_tokens={settings.max_new_tokens}); they are cut from the left")
         if sampled:
             samples = sample_answers(model, tokenizer, prompts, decoding.samples_per_prompt, settings.temperature,
                                      settings.max_new_tokens, settings.batch_size, settings.seed,
@@ -188,7 +199,8 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> E
     greedy_result = None
     if greedy:
         greedy_result = summarise(scored["greedy"], _judge_all(judge, scored["greedy"], settings), None, judge.name, settings)
-    return summarise(scored["comparison"], judged, kl, judge.name, settings, decoding, greedy_result)
+    result = summarise(scored["comparison"], judged, kl, judge.name, settings, decoding, greedy_result)
+    return dataclasses.replace(result, prompts_truncated=prompts_truncated)
 
 
 def _score_all(generations: Mapping[str, Sequence[Generation]], prompt_records: Sequence[Mapping[str, Any]],

@@ -208,6 +208,8 @@ class EvaluationResult:
     checker_accuracy_difference: dict[str, AccuracyDifference] = field(default_factory=dict)  # by pair_key
     greedy: EvaluationResult | None = None  # the same comparison on greedy answers
     kl_bound: float | None = None  # set by the asset: the bound PPO trained under (its ppo_summary.json)
+    # Per model: evaluation prompts longer than its context window leaves room for, cut from the left.
+    prompts_truncated: dict[str, int] = field(default_factory=dict)
     # Set by the asset: the artifacts evaluated, and the settings used.
     inputs: dict[str, str] | None = None
     settings: dict[str, Any] | None = None
@@ -228,6 +230,7 @@ class EvaluationResult:
             "checker_accuracy_difference": {pair: asdict(d) for pair, d in self.checker_accuracy_difference.items()},
             "length_ratio_ppo_vs_sft": self.length_ratio("ppo", "sft"),
             "spot_checks": asdict(self.spot_checks),
+            "prompts_truncated": dict(self.prompts_truncated),
         }
         if self.greedy is not None:
             summary["greedy"] = self.greedy.summary_dict()

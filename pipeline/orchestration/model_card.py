@@ -9,6 +9,7 @@ what Dagster records as the materialization's input provenance.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,8 +63,14 @@ def input_records(context: dg.AssetExecutionContext) -> list[InputRecord]:
     return records
 
 
-def write_model_card(context: dg.AssetExecutionContext, directory: Path, description: str | None = None) -> Path:
-    """Write README.md (HF model card) with the lineage of the materialization `context` runs into `directory`."""
+def write_model_card(
+    context: dg.AssetExecutionContext, directory: Path, description: str | None = None, changes: Sequence[str] = (),
+) -> Path:
+    """Write README.md (HF model card) with the lineage of the materialization `context` runs into `directory`.
+
+    `changes` are what the asset did to the checkpoint it was given (tokens added, embeddings grown):
+    the card lists them under "Changes to the checkpoint" and in its lineage JSON.
+    """
     asset = context.asset_key.to_user_string()
     git = git_state()
     config = context.op_config or {}
@@ -79,6 +86,8 @@ def write_model_card(context: dg.AssetExecutionContext, directory: Path, descrip
         CONFIG_KEY: config,
         "inputs": [asdict(record) for record in inputs],
     }
+    if changes:
+        lineage["changes"] = list(changes)
     rows = [
         {"input": r.asset, "run id": r.run_id, "content hash": r.content_hash, "artifact": r.artifact_path}
         for r in inputs
@@ -93,6 +102,7 @@ def write_model_card(context: dg.AssetExecutionContext, directory: Path, descrip
         "",
         description or (context.assets_def.descriptions_by_key.get(context.asset_key) or "").strip(),
         "",
+        *(["## Changes to the checkpoint", "", *[f"- {change}" for change in changes], ""] if changes else []),
         "## Lineage",
         "",
         f"Made by Dagster run `{context.run_id}` (asset `{asset}`, code version `{lineage[CODE_VERSION_KEY]}`) "

@@ -46,6 +46,7 @@ from pipeline.ppo.rollout import (
 from pipeline.settings import PpoSettings
 from pipeline.storage.contract import PPO_CURVES_FILE, PPO_METRICS_FILE, PPO_SUMMARY_FILE
 from pipeline.training.chat_format import render_prompt
+from pipeline.training.context_window import context_length, count_over_budget, prompt_budget
 from pipeline.training.device import select_device, torch_cpu_threads
 from pipeline.training.packing import PackedSequences
 
@@ -375,6 +376,12 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     )
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     train_prompts, eval_prompts = split_eval_prompts(prompts, settings.n_eval_prompts)
+    # Prompt + response must fit the policy's context window: longer prompts are cut from the left, and counted.
+    max_prompt_tokens = prompt_budget(context_length(policy.config), settings.max_new_tokens)
+    n_prompts_truncated = count_over_budget(tokenizer, prompts, max_prompt_tokens)
+    if n_prompts_truncated:
+        logger.warning(f"{n_prompts_truncated} of {len(prompts)} PPO prompts exceed {max_prompt_tokens} tokens "
+                       f"(context window minus max_new_tokens={settings.max_new_tokens}); they are cut from the left")
     ptx_examples = encode_ptx_records(tokenizer, ptx_records or [], device) if settings.ptx_coef > 0 else []
     policy_parameters = [p for p in policy.parameters() if p.requires_grad]
     value_parameters = list(value_model.parameters())
@@ -412,7 +419,8 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         beta = kl_controller.value
 
         # 1. rollout: y ~ pi_theta(.|x)^(1/T), truncated at the first EOS
-        batch = encode_prompts(tokenizer, prompts_for_step(train_prompts, step, settings.batch_size, settings.seed), device)
+        batch = encode_prompts(tokenizer, prompts_for_step(train_prompts, step, settings.batch_size, settings.seed), device,
+                               max_prompt_tokens)
         policy.eval()
         with accelerator.autocast():
             rollout = sample_responses(accelerator.unwrap_model(policy), batch, settings.max_new_tokens,
@@ -538,14 +546,16 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     policy = accelerator.unwrap_model(policy)
     value_model = accelerator.unwrap_model(value_model)
     held_out = eval_prompts or train_prompts[: settings.n_eval_prompts or 8]
-    evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device)
+    evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device,
+                                            max_prompt_tokens)
     if evaluation["kl_to_sft"] > settings.kl_bound and inside_bound is not None and stopped_at_kl_bound is None:
         # The last update crossed the bound: no rollout measured it, the held-out evaluation did.
         stopped_at_kl_bound = {"step": n_steps + 1, "kl": evaluation["kl_to_sft"], "kept_policy_of_step": inside_bound.step}
         logger.warning(f"PPO's final policy has KL {evaluation['kl_to_sft']:.2f} > kl_bound {settings.kl_bound} on "
                        f"held-out prompts; keeping the policy of step {inside_bound.step}")
         inside_bound.restore(policy)
-        evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device)
+        evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings,
+                                                device, max_prompt_tokens)
     output_dir = Path(output_dir)
     save_models(policy, value_model, tokenizer, output_dir, settings.use_lora)
     with open(output_dir / PPO_METRICS_FILE, "w") as handle:
@@ -563,6 +573,8 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         "episodes_per_second": (len(history) - start_step) * settings.batch_size / train_seconds if train_seconds > 0 else None,
         "n_train_prompts": len(train_prompts),
         "n_eval_prompts": len(eval_prompts),
+        "max_prompt_tokens": max_prompt_tokens,
+        "n_prompts_truncated": n_prompts_truncated,
         "final_beta": kl_controller.value,
         "stopped_at_kl_bound": stopped_at_kl_bound,
         "settings": settings.model_dump(),

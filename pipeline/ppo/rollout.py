@@ -22,6 +22,7 @@ from functools import cached_property
 import torch
 
 from pipeline.training.chat_format import render_prompt
+from pipeline.training.context_window import encode_left_truncated
 from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
 from pipeline.training.reward_model import last_token_scores, score_head
 
@@ -70,12 +71,15 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> PromptBatch:
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], device: torch.device, max_prompt_tokens: int | None = None,
+) -> PromptBatch:
+    """Chat-rendered, left-padded prompts; with `max_prompt_tokens`, longer ones are cut from the left
+    (`pipeline.training.context_window`: callers count the cuts with `count_over_budget`)."""
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("PPO needs a tokenizer whose pad token exists and differs from its eos token")
-    tokenizer.padding_side = "left"
     texts = [render_prompt(tokenizer, p) for p in prompts]
-    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    encoded = encode_left_truncated(tokenizer, texts, max_prompt_tokens)
     return PromptBatch(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
 
 

@@ -26,7 +26,8 @@ from pipeline.storage.contract import VALUE_MODEL_DIR
 
 @torch.no_grad()
 def evaluate_against_reference(
-    policy, reference_policy, reward_model, tokenizer, prompts: Sequence[str], settings, device: torch.device
+    policy, reference_policy, reward_model, tokenizer, prompts: Sequence[str], settings, device: torch.device,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Sample answers to held-out prompts from SFT and from PPO; compare RM score, length and KL to SFT.
 
@@ -39,7 +40,7 @@ def evaluate_against_reference(
     sft_scores, ppo_scores, sft_lengths, ppo_lengths, kls = [], [], [], [], []
     sft_texts, ppo_texts = [], []
     for start in range(0, len(repeated), settings.batch_size):
-        batch = encode_prompts(tokenizer, repeated[start : start + settings.batch_size], device)
+        batch = encode_prompts(tokenizer, repeated[start : start + settings.batch_size], device, max_prompt_tokens)
         generator = torch.Generator(device=device).manual_seed(settings.seed + 7 + start)
         with reference_policy.module() as sft_model:
             sft = sample_responses(sft_model, batch, settings.max_new_tokens, settings.temperature,

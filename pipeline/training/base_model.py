@@ -140,6 +140,8 @@ def load_pretrained(
 ):
     """A named HF causal LM (local directory or hub id), made ready for this pipeline.
 
+    Returns `(model, tokenizer, added)`, `added` saying in words what the checkpoint lacked and got
+    (for the model card and the materialization metadata; empty when nothing was missing).
     Tokenizer and weights load from the same `revision`. A tokenizer without an eos token gets one,
     one without a chat template gets the project's template (and its role tokens), and one whose pad
     token is missing or equal to eos gets a distinct pad token; the embedding matrix grows to fit
@@ -152,18 +154,30 @@ def load_pretrained(
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle,
     )
+    added: list[str] = []
+    rows_before = model.get_input_embeddings().weight.shape[0]
     if tokenizer.eos_token is None:
         # Without eos an answer has no end: SFT cannot teach stopping and the reward is read nowhere.
         tokenizer.add_special_tokens({"eos_token": EOS})
         model.config.eos_token_id = tokenizer.eos_token_id
         if model.generation_config is not None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id
+        added.append(f"eos token `{EOS}` (id {tokenizer.eos_token_id}): the tokenizer had none")
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.add_special_tokens({"extra_special_tokens": [USER, ASSISTANT]}, replace_extra_special_tokens=False)
+        added.append(f"chat template: the project's (`{USER}` / `{ASSISTANT}` turns, answers end with eos); "
+                     "the tokenizer had none")
+    pad_before = tokenizer.pad_token
     ensure_distinct_pad_token(tokenizer, model)
+    if tokenizer.pad_token != pad_before:
+        reason = "the tokenizer had none" if pad_before is None else f"its pad token `{pad_before}` was the eos token"
+        added.append(f"pad token `{tokenizer.pad_token}` (id {tokenizer.pad_token_id}): {reason}")
+    rows_after = model.get_input_embeddings().weight.shape[0]
+    if rows_after != rows_before:
+        added.append(f"embedding matrix grown from {rows_before} to {rows_after} rows for the added tokens")
     tokenizer.padding_side = "left"
-    return model, tokenizer
+    return model, tokenizer, added
 
 
 def resolved_revision(model) -> str | None:

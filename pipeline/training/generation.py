@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.training.chat_format import ROLE_MARKERS, render_prompt
+from pipeline.training.context_window import context_length, encode_left_truncated, prompt_budget
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,11 @@ def generate(
     seed: int = 0,
     progress_desc: str | None = None,
 ) -> list[Generation]:
-    """Answer each (raw, un-templated) prompt; temperature 0 means greedy decoding."""
+    """Answer each (raw, un-templated) prompt; temperature 0 means greedy decoding.
+
+    A prompt longer than the model's context window leaves room for (`max_new_tokens`) is cut from
+    the left; callers that report it count the cuts with `context_window.count_over_budget`.
+    """
     import torch
 
     with torch.no_grad():
@@ -56,7 +61,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size
     import torch
 
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
+    budget = prompt_budget(context_length(model.config), max_new_tokens)
     model.eval()
     torch.manual_seed(seed)
     results: list[Generation] = []
@@ -68,7 +73,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size
     for start in batches:
         batch_prompts = list(prompts[start : start + batch_size])
         texts = [render_prompt(tokenizer, p) for p in batch_prompts]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        encoded = encode_left_truncated(tokenizer, texts, budget).to(device)
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
         output = model.generate(
             **encoded,

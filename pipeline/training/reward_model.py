@@ -23,7 +23,7 @@ from pipeline.data.statistics import pearson_correlation
 from pipeline.settings import RewardSettings
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
-from pipeline.training.trainers import save_trained_model, trainer_arguments
+from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
+    settings = fit_to_context_window(settings, model.config)
     train, held_out = split_held_out(pairs, settings.held_out_fraction, settings.seed)
     n_dropped = count_too_long(tokenizer, train, settings.max_length)
     if n_dropped == len(train):

@@ -16,7 +16,7 @@ from pipeline.settings import AssistantTurns, SftSettings
 from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.generation import generate
-from pipeline.training.trainers import save_trained_model, trainer_arguments
+from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def train_sft(
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True)  # our artifacts are safetensors
+    settings = fit_to_context_window(settings, model.config)
     train, held_out = split_held_out(records, settings.held_out_fraction, settings.seed)
     scratch_dir = nullcontext(str(checkpoints.directory)) if checkpoints else tempfile.TemporaryDirectory(prefix="sft-trainer-")
     with scratch_dir as scratch:

@@ -6,13 +6,27 @@ options, and both end with `save_trained_model(trainer, tokenizer, output_dir)`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.settings import RewardSettings, SftSettings
+from pipeline.training.context_window import context_length, fit_max_length
 from pipeline.training.device import select_device
 
+logger = logging.getLogger(__name__)
+Settings = TypeVar("Settings", SftSettings, RewardSettings)
+
 TRAINING_ARGS_FILE = "training_args.bin"  # a pickle the HF Trainer saves with the model; not part of our artifacts
+
+
+def fit_to_context_window(settings: Settings, model_config) -> Settings:
+    """`settings` with `max_length` no longer than the model's context window (a real checkpoint's can be short)."""
+    fitted = fit_max_length(settings.max_length, context_length(model_config))
+    if fitted == settings.max_length:
+        return settings
+    logger.warning(f"max_length={settings.max_length} is longer than the model's context window; training on {fitted} tokens")
+    return settings.model_copy(update={"max_length": fitted})
 
 
 def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -> dict[str, Any]:
