@@ -7,6 +7,7 @@ modes of rejected answers (vague, wrong, padded, repetitive, off-topic) are buil
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -305,8 +306,10 @@ def _content_words(text: str) -> set[str]:
     return {w for w in _CONTENT_WORD.findall(text.lower()) if w not in _COMMON_WORDS and len(w) > 2}
 
 
-def _concept_words(concept: Concept) -> set[str]:
-    return _content_words(" ".join((concept.name, concept.definition, concept.why, concept.example)))
+@functools.cache
+def _concept_words(concept: Concept) -> frozenset[str]:
+    """A glossary entry's content words, computed once per concept (every answer is compared with all of them)."""
+    return frozenset(_content_words(" ".join((concept.name, concept.definition, concept.why, concept.example))))
 
 
 def closest_concept(text: str) -> Concept | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.evaluation.result import JUDGE_KEYS, MODELS, EvaluationResult, PairWinRates
-from pipeline.ppo.curves import REPORT_PANELS, plot_training_curves
+from pipeline.training.curves import REPORT_PANELS, plot_training_curves
 from pipeline.storage.contract import (
     ANSWERS_FILE,
     EVAL_JSON,
@@ -264,20 +264,15 @@ def per_model_section(result: EvaluationResult) -> Section:
 
 
 def task_accuracy_section(result: EvaluationResult) -> Section:
-    tasks = sorted({task for m in MODELS for task in result.models[m].checker_accuracy_by_task})
+    # Every model answers the same prompts, so each has an entry for every task type.
+    tasks = sorted(result.models["ppo"].checker_accuracy_by_task)
     if not tasks:
         return Section(TASK_ACCURACY, ["No verifiable prompt with a task type."])
-    rows = []
-    for task in tasks:
-        row: dict[str, Any] = {"task": task}
-        for name in MODELS:
-            entry = result.models[name].checker_accuracy_by_task.get(task)
-            row[name] = fmt(entry.accuracy) if entry else "-"
-        row["answers per model"] = max(
-            (result.models[m].checker_accuracy_by_task[task].n for m in MODELS if task in result.models[m].checker_accuracy_by_task),
-            default=0,
-        )
-        rows.append(row)
+    rows = [
+        {"task": task, **{name: fmt(result.models[name].checker_accuracy_by_task[task].accuracy) for name in MODELS},
+         "answers per model": result.models["ppo"].checker_accuracy_by_task[task].n}
+        for task in tasks
+    ]
     return Section(TASK_ACCURACY, [f"Share of answers ({result.decoding.label}) the rule checker passes, per task type.", Table(rows)])
 
 

@@ -358,7 +358,7 @@ def train_ppo(
 def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_records, checkpoint_dir, on_step, choice):
     from accelerate import Accelerator
 
-    from pipeline.ppo.curves import plot_training_curves
+    from pipeline.training.curves import plot_training_curves
     from pipeline.ppo.summary import evaluate_against_reference, save_models
 
     if settings.minibatch_size > settings.batch_size or settings.batch_size % settings.minibatch_size:

@@ -1,6 +1,6 @@
 """What the PPO stage leaves behind: the SFT-vs-PPO evaluation on held-out prompts, and the saved models.
 
-The training curves are drawn by `pipeline.ppo.curves`.
+The training curves are drawn by `pipeline.training.curves`.
 """
 
 from __future__ import annotations

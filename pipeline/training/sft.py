@@ -15,6 +15,7 @@ from pipeline.data.records import split_held_out
 from pipeline.settings import AssistantTurns, SftSettings
 from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
+from pipeline.training.curves import SFT_PANELS, plot_training_curves
 from pipeline.training.generation import generate
 from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
 
@@ -136,24 +137,5 @@ def train_sft(
 
 def plot_loss_curves(metrics: dict[str, Any], path: Path) -> bool:
     """Training loss and held-out loss against the step: flat held-out loss at the end means SFT converged."""
-    train, held_out = metrics.get("loss_curve") or [], metrics.get("held_out_loss_curve") or []
-    if not train and not held_out:
-        return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axis = figure.subplots()
-    if train:
-        axis.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    if held_out:
-        axis.plot([r["step"] for r in held_out], [r["held_out_loss"] for r in held_out], marker="o", label="held-out loss")
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("loss (answer tokens)")
-    axis.set_title("SFT")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    return True
+    rows = [*(metrics.get("loss_curve") or []), *(metrics.get("held_out_loss_curve") or [])]
+    return plot_training_curves(rows, path, SFT_PANELS, x_key="step", columns=1, x_label="optimizer step")

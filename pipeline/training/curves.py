@@ -1,8 +1,8 @@
-"""PPO training curves: the per-step metrics of `ppo_train_metrics.jsonl` drawn as small panels.
+"""Training curves: per-step metrics drawn as small panels.
 
-One drawing serves both places that show them: the `ppo_policy` artifact (`training_curves.png`,
-every logged curve against episodes) and the evaluation report (reward, KL and length against the
-step). matplotlib's Agg canvas is used directly: no display, no global pyplot state, safe in a
+One drawing serves every place that shows them: the `ppo_policy` artifact (`training_curves.png`,
+every curve of `ppo_train_metrics.jsonl` against episodes), the evaluation report (reward, KL and
+length against the PPO step) and the `sft_checkpoint` artifact (training and held-out loss). matplotlib's Agg canvas is used directly: no display, no global pyplot state, safe in a
 Dagster worker. No torch here, so the report can import it.
 """
 
@@ -26,6 +26,8 @@ PPO_PANELS: tuple[Panel, ...] = (
     ("explained variance", ("explained_variance",)),
     ("beta (KL coefficient)", ("beta",)),
 )
+# SFT's training loss and held-out loss, one panel (rows carry one of the two keys each).
+SFT_PANELS: tuple[Panel, ...] = (("SFT loss (answer tokens)", ("loss", "held_out_loss")),)
 # What the evaluation report shows next to its comparison.
 REPORT_PANELS: tuple[Panel, ...] = (
     ("reward", ("rm_score", "total_reward")),
