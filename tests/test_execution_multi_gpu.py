@@ -11,7 +11,14 @@ from transformers import AutoModelForCausalLM
 
 from assets import base, data, sft
 from pipeline.settings import LaunchSettings
-from pipeline.orchestration.launchers import accelerate_config, check_launch, launch_command
+from pipeline.orchestration.launch_worker import STAGES
+from pipeline.orchestration.launchers import (
+    accelerate_config,
+    check_launch,
+    launch_command,
+    launch_environment,
+    launcher_label,
+)
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 
 
@@ -38,10 +45,38 @@ def test_generated_accelerate_configs_load_in_accelerate(tmp_path, distributed, 
 def test_impossible_launches_are_refused_before_starting():
     cpu_single = accelerate_config(LaunchSettings(num_processes=1, distributed="fsdp"), use_cpu=True, mixed_precision="no")
     assert cpu_single["distributed_type"] == "NO" and cpu_single["use_cpu"] is True
-    with pytest.raises(ValueError, match="num_processes=2"):
-        check_launch(LaunchSettings(launcher="accelerate", num_processes=2), use_cpu=True)
+    check_launch(LaunchSettings(launcher="accelerate", num_processes=2), use_cpu=True)  # DDP over gloo
+    for sharded in ("deepspeed_zero2", "deepspeed_zero3", "fsdp"):
+        with pytest.raises(ValueError, match=f"distributed={sharded}"):
+            check_launch(LaunchSettings(launcher="accelerate", num_processes=2, distributed=sharded), use_cpu=True)
     with pytest.raises(ValueError, match="accelerate_config_file"):
         check_launch(LaunchSettings(launcher="accelerate", accelerate_config_file="/nonexistent/accelerate.yaml"), use_cpu=True)
+
+
+def test_several_cpu_processes_launch_through_torchrun_with_gloo(tmp_path):
+    settings = LaunchSettings(launcher="accelerate", num_processes=2)
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump(accelerate_config(settings, use_cpu=True, mixed_precision="no")))
+    assert load_config_from_file(str(path)).distributed_type.value == "MULTI_CPU"
+    # `--cpu` would start one process whatever num_processes says; torchrun (accelerate's `--multi_gpu`) starts two.
+    command = launch_command(Path("spec.json"), settings, path, use_cpu=True)
+    assert "--multi_gpu" in command and "--cpu" not in command
+    assert launch_environment(use_cpu=True)["ACCELERATE_USE_CPU"] == "true"
+    single = launch_command(Path("spec.json"), LaunchSettings(launcher="accelerate"), path, use_cpu=True)
+    assert "--cpu" in single and "--multi_gpu" not in single
+
+
+def test_the_three_training_assets_take_the_same_launch_settings_and_label_them_alike():
+    from assets.ppo import PpoConfig
+    from assets.reward import RewardModelConfig
+    from assets.sft import SftConfig
+
+    for config in (SftConfig, RewardModelConfig, PpoConfig):
+        assert set(LaunchSettings.model_fields) <= set(config.model_fields), config.__name__
+    assert launcher_label(LaunchSettings()) == "in_process"
+    assert launcher_label(LaunchSettings(launcher="accelerate", num_processes=2)) == "accelerate x2 (ddp)"
+    assert launcher_label(LaunchSettings(launcher="accelerate", num_processes=8, distributed="fsdp")) == "accelerate x8 (fsdp)"
+    assert sorted(STAGES) == ["ppo_policy", "reward_model", "sft_checkpoint"]
 
 
 @pytest.mark.slow
