@@ -51,6 +51,10 @@ def test_impossible_launches_are_refused_before_starting():
             check_launch(LaunchSettings(launcher="accelerate", num_processes=2, distributed=sharded), use_cpu=True)
     with pytest.raises(ValueError, match="accelerate_config_file"):
         check_launch(LaunchSettings(launcher="accelerate", accelerate_config_file="/nonexistent/accelerate.yaml"), use_cpu=True)
+    # PPO samples from whole weights on every rank: data parallel only.
+    check_launch(LaunchSettings(launcher="accelerate", num_processes=2), use_cpu=True, stage="ppo_policy")
+    with pytest.raises(ValueError, match="ppo_policy runs with distributed: ddp, not fsdp"):
+        check_launch(LaunchSettings(launcher="accelerate", num_processes=8, distributed="fsdp"), use_cpu=False, stage="ppo_policy")
 
 
 def test_several_cpu_processes_launch_through_torchrun_with_gloo(tmp_path):

@@ -18,6 +18,7 @@ each calls `train_with_launcher` with its in-process training call, and its conf
 `LaunchSettings`: `launcher: accelerate`, `num_processes: N`,
 `distributed: ddp | deepspeed_zero2 | deepspeed_zero3 | fsdp` (or `accelerate_config_file`).
 On a machine without GPUs, N processes run on the CPU with the gloo backend (how the tests run DDP).
+PPO runs DDP only (`STAGE_STRATEGIES`): its sampling needs whole policy weights on every rank.
 DeepSpeed is not a dependency of the CPU install: add `deepspeed` to the GPU image; DDP and FSDP need only torch.
 """
 
@@ -116,8 +117,16 @@ def launch_environment(use_cpu: bool) -> dict[str, str]:
     return env
 
 
-def check_launch(settings: LaunchSettings, use_cpu: bool) -> None:
+# Stages whose training supports only some strategies: PPO samples from the plain policy on every rank,
+# which needs whole weights there (ZeRO-3 / FSDP generation would have to gather them; not built yet).
+STAGE_STRATEGIES: dict[str, tuple[str, ...]] = {"ppo_policy": ("ddp",)}
+
+
+def check_launch(settings: LaunchSettings, use_cpu: bool, stage: str | None = None) -> None:
     """Refuse launches that cannot work, before any process starts."""
+    supported = STAGE_STRATEGIES.get(stage or "")
+    if supported and settings.distributed not in supported and not settings.accelerate_config_file:
+        raise ValueError(f"{stage} runs with distributed: {' | '.join(supported)}, not {settings.distributed}")
     if use_cpu and settings.num_processes > 1 and settings.distributed != "ddp" and not settings.accelerate_config_file:
         raise ValueError(
             f"distributed={settings.distributed} shards GPU memory, but training runs on the CPU; "
@@ -180,7 +189,7 @@ def run_under_accelerate(
 
     # Not select_device: this process must not claim a GPU of its own, the launched ranks use them all.
     use_cpu = getattr(settings, "device", "auto") == "cpu" or not torch.cuda.is_available()
-    check_launch(launch, use_cpu)
+    check_launch(launch, use_cpu, stage)
     if use_cpu:
         settings = settings.model_copy(update={"device": "cpu"})
     mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"

@@ -233,7 +233,6 @@ class PackedForward(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self._no_split_modules = getattr(model, "_no_split_modules", None)  # what FSDP's auto-wrap looks for
 
     def forward(self, compute: Callable[..., Any], *args: Any) -> Any:
         return compute(self.model, *args)
@@ -483,6 +482,9 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     accelerator = Accelerator(cpu=choice.device.type == "cpu", mixed_precision="bf16" if choice.use_bf16 else "no")
     device = accelerator.device
     n_ranks = accelerator.num_processes
+    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        # Sampling reads the plain policy, whose weights ZeRO-3 and FSDP shard; gathering them is not built yet.
+        raise ValueError(f"PPO runs data-parallel (DDP) across processes, not under {accelerator.distributed_type.value}")
     if settings.batch_size % n_ranks or settings.minibatch_size % n_ranks:
         raise ValueError(f"batch_size={settings.batch_size} and minibatch_size={settings.minibatch_size} must be "
                          f"multiples of the {n_ranks} processes, which split every batch evenly")
