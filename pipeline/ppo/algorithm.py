@@ -523,7 +523,9 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     start_step, history = 0, []
     resume_from = latest_checkpoint(checkpoint_dir)
     if resume_from is not None:
-        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location=device, weights_only=True)  # no pickle code from disk
+        # On the CPU first: under gloo the ranks' device is "cpu:0", a location torch.load cannot map to; the
+        # load_state_dict calls copy every tensor to its parameter's device. weights_only: no pickle code from disk.
+        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=True)
         policy.load_state_dict(state["policy"])
         value_model.load_state_dict(state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -618,11 +620,12 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
                         values, old_values[rows][real], returns[rows][real], settings.clip_range_value
                     )
                     loss = pg_loss + settings.value_coef * vf_loss  # L = L_clip + c_v * L_V
+                    # Weighted by this rank's share of the minibatch's tokens: the ranks' average is the whole minibatch's mean.
+                    loss = loss * token_share(len(logprobs), accelerator)
                     if sft_loss is not None:
                         loss = loss + settings.ptx_coef * sft_loss  # PPO-ptx: + gamma_ptx * L_SFT
                         stats["ptx_loss"].append(sft_loss.item())
-                # Weighted by this rank's share of the minibatch's tokens: the ranks' average is the whole minibatch's mean.
-                accelerator.backward(loss * token_share(len(logprobs), accelerator))
+                accelerator.backward(loss)
                 # Clipped per network: one joint norm would let the value loss's large early gradients shrink the policy's step.
                 accelerator.clip_grad_norm_(policy_parameters, settings.max_grad_norm)
                 accelerator.clip_grad_norm_(value_parameters, settings.max_grad_norm)
