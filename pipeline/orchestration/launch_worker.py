@@ -21,6 +21,24 @@ from typing import Any
 from pipeline.orchestration.launchers import METRICS_MESSAGE
 
 
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this rank when its launcher dies (Linux).
+
+    torchrun starts each rank in a session of its own, so killing the step's process group (a killed
+    Dagster run, the OOM killer) would leave the ranks training on, writing checkpoints and a staging
+    directory that nobody will commit.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -105,6 +123,7 @@ STAGES: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
 def main(argv: list[str] | None = None) -> None:
     from dagster_pipes import open_dagster_pipes
 
+    die_with_parent()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise SystemExit("usage: python -m pipeline.orchestration.launch_worker <spec.json>")
