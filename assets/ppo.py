@@ -38,7 +38,7 @@ def ppo_policy(
     """PPO policy (HF directory) + `value_model/`, `ppo_train_metrics.jsonl`, `ppo_summary.json`, `training_curves.png`."""
     if (reused := reuse_if_unchanged(context)) is not None:
         return record_in_dvc(context, reused)
-    from pipeline.ppo.algorithm import train_ppo
+    from pipeline.ppo.algorithm import progress_line, train_ppo
     from pipeline.storage.checkpoints import checkpoint_key, training_scratch
 
     refuse_if_input_gates_failed(context)
@@ -58,10 +58,7 @@ def ppo_policy(
             context, pipes_subprocess_client, "ppo_policy", launch,
             lambda: train_ppo(
                 sft_checkpoint, reward_model, prompts, staged.path, settings, checkpoint_dir=checkpoints.directory,
-                on_step=lambda record: context.log.info(
-                    f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
-                    f"response length {record['response_length']:.1f}"
-                ),
+                on_step=lambda record: context.log.info(progress_line(record)),
             ),
             {"sft_checkpoint": sft_checkpoint, "reward_model": reward_model, "checkpoints": checkpoints},
             prompt_records, staged.path, settings,

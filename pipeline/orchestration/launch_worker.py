@@ -96,15 +96,11 @@ def train_reward_model_stage(spec: dict[str, Any], pipes) -> dict[str, Any]:
 
 def train_ppo_stage(spec: dict[str, Any], pipes) -> dict[str, Any]:
     from pipeline.data.records import read_jsonl
-    from pipeline.ppo.algorithm import train_ppo
+    from pipeline.ppo.algorithm import progress_line, train_ppo
     from pipeline.settings import PpoSettings
 
     scratch = training_scratch_from(spec)
-    on_step = None
-    if pipes is not None:
-        def on_step(record: dict[str, Any]) -> None:
-            pipes.log.info(f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
-                           f"response length {record['response_length']:.1f}")
+    on_step = (lambda record: pipes.log.info(progress_line(record))) if pipes is not None else None
     return train_ppo(
         Path(spec["inputs"]["sft_checkpoint"]), Path(spec["inputs"]["reward_model"]),
         [record["prompt"] for record in read_jsonl(Path(spec["records"]))], Path(spec["output_dir"]),

@@ -444,6 +444,12 @@ def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
 # --- training ---------------------------------------------------------------------------------
 
 
+def progress_line(record: dict[str, Any]) -> str:
+    """One step's line for the Dagster event log (in process, or from rank 0 through Pipes)."""
+    return (f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
+            f"response length {record['response_length']:.1f}")
+
+
 def train_ppo(
     sft_dir: Path,
     reward_model_dir: Path,
