@@ -1,4 +1,4 @@
-"""Multi-GPU training path: generated accelerate configs, and SFT under `accelerate launch` through Dagster Pipes."""
+"""Multi-GPU training path: generated accelerate configs, SFT and the reward model under `accelerate launch` through Dagster Pipes."""
 
 import json
 from pathlib import Path
@@ -118,3 +118,40 @@ def test_sft_runs_under_accelerate_launch_through_pipes(tiny_run_config, artifac
     ]
     assert any("rank 0 of 1 started" in m for m in messages), messages
     assert any(m.startswith("step ") and "loss" in m for m in messages), messages
+
+
+@pytest.mark.slow
+def test_reward_model_runs_on_two_processes_through_pipes(tiny_run_config, artifacts_root, dagster_instance):
+    from transformers import AutoModelForSequenceClassification
+
+    from assets import reward
+
+    run_config = {"ops": {
+        "base_model": {"config": {**tiny_run_config["ops"]["base_model"]["config"], "pretrain_steps": 0, "pretrain_documents": 50}},
+        "sft_data": {"config": {"n_records": 16}},
+        "preference_data": {"config": {"n_records": 40}},
+        "sft_checkpoint": {"config": {"epochs": 1, "batch_size": 8, "n_format_samples": 2, "max_new_tokens": 8, "device": "cpu"}},
+        "reward_model": {"config": {
+            "epochs": 1, "batch_size": 4, "device": "cpu", "launcher": "accelerate", "num_processes": 2, "distributed": "ddp",
+        }},
+    }}
+    result = dg.materialize(
+        [base.base_model, data.sft_data, data.preference_data, sft.sft_checkpoint, reward.reward_model],
+        instance=dagster_instance,
+        run_config=run_config,
+        resources={"artifacts": ArtifactStoreResource(root=str(artifacts_root)), "io_manager": ArtifactIOManager()},
+    )
+    assert result.success
+    metadata = dagster_instance.get_latest_materialization_event(dg.AssetKey("reward_model")).asset_materialization.metadata
+    assert metadata["launcher"].value == "accelerate x2 (ddp)"
+    path = Path(metadata["artifact_path"].value)
+    rm_eval = json.loads((path / "rm_eval.json").read_text())
+    assert metadata["held_out_accuracy"].value == pytest.approx(rm_eval["held_out_accuracy"])
+    assert rm_eval["n_train"] > 0 and rm_eval["total_steps"] == metadata["total_steps"].value
+    AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    assert not (path / "training_args.bin").exists()
+    messages = [
+        record.user_message for record in dagster_instance.all_logs(result.run_id)
+        if record.dagster_event is None and record.user_message
+    ]
+    assert any("reward_model: rank 0 of 2 started" in m for m in messages), messages
