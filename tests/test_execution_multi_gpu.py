@@ -155,3 +155,17 @@ def test_reward_model_runs_on_two_processes_through_pipes(tiny_run_config, artif
         if record.dagster_event is None and record.user_message
     ]
     assert any("reward_model: rank 0 of 2 started" in m for m in messages), messages
+
+
+def test_the_two_process_overlay_merges_with_the_tiny_profile_into_a_valid_run_config():
+    from dagster_shared.yaml_utils import merge_yamls
+
+    from pipeline.definitions import defs
+
+    profiles = Path(__file__).resolve().parents[1] / "pipeline" / "profiles"
+    merged = merge_yamls([str(profiles / "tiny.yaml"), str(profiles / "accelerate_x2.yaml")])
+    assert dg.validate_run_config(defs.resolve_job_def("rlhf_pipeline"), merged)
+    for stage in ("sft_checkpoint", "reward_model", "ppo_policy"):
+        config = merged["ops"][stage]["config"]
+        assert (config["launcher"], config["num_processes"], config["distributed"]) == ("accelerate", 2, "ddp")
+        assert len(config) > 3, f"{stage} keeps the tiny profile's settings"
