@@ -43,34 +43,36 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
 
     metadata: dict = {}
     changes: list[str] = []
-    if config.model_name_or_path:
-        model, tokenizer, changes = load_pretrained(
-            config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
-        )
-        name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
-        if revision := resolved_revision(model):  # the commit a branch or tag pointed to when this ran
-            metadata["resolved_revision"] = revision
-        if changes:  # what the checkpoint lacked and got; never silent
-            context.log.info("base_model: " + "; ".join(changes))
-            metadata["added_to_checkpoint"] = dg.MetadataValue.md("\n".join(f"- {change}" for change in changes))
-    else:
-        device = select_device(config.device).device
-
-        def on_progress(step: int, loss: float) -> None:
-            if step % 50 == 0 or step == config.pretrain_steps - 1:
-                context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
-
-        model, tokenizer, losses = build_default_base_model(
-            settings_from(config, TinyModelSpec),
-            settings_from(config, PretrainSettings),
-            device,
-            on_progress,
-        )
-        name = "tiny-llama (built locally)"
-        if losses:
-            metadata["pretrain_loss_first"] = losses[0]
-            metadata["pretrain_loss_last"] = losses[-1]
     with artifacts.store().stage("base_model") as staged:
+        if config.model_name_or_path:
+            model, tokenizer, changes = load_pretrained(
+                config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
+            )
+            name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
+            if revision := resolved_revision(model):  # the commit a branch or tag pointed to when this ran
+                metadata["resolved_revision"] = revision
+            if changes:  # what the checkpoint lacked and got; never silent
+                context.log.info("base_model: " + "; ".join(changes))
+                metadata["added_to_checkpoint"] = dg.MetadataValue.md("\n".join(f"- {change}" for change in changes))
+        else:
+            device = select_device(config.device).device
+
+            def on_progress(step: int, loss: float) -> None:
+                if step % 50 == 0 or step == config.pretrain_steps - 1:
+                    context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
+
+            # Pretraining curves go to TensorBoard straight in the staging directory (it does not resume).
+            model, tokenizer, losses = build_default_base_model(
+                settings_from(config, TinyModelSpec),
+                settings_from(config, PretrainSettings),
+                device,
+                on_progress,
+                scratch=staged.path,
+            )
+            name = "tiny-llama (built locally)"
+            if losses:
+                metadata["pretrain_loss_first"] = losses[0]
+                metadata["pretrain_loss_last"] = losses[-1]
         model.save_pretrained(staged.path)
         tokenizer.save_pretrained(staged.path)
         (staged.path / MODEL_NAME_FILE).write_text(name + "\n")

@@ -23,6 +23,7 @@ from pipeline.data.statistics import pearson_correlation
 from pipeline.settings import RewardSettings
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
+from pipeline.training.tensorboard_log import ScalarLog, trainer_callback
 from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=to_preference_dataset(tokenizer, train), processing_class=tokenizer,
+            callbacks=[trainer_callback(output_dir)],  # no resume: straight into the artifact being staged
         )
         result = trainer.train()
         loss_curve = [
@@ -169,6 +171,8 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
         ]
     model = save_trained_model(trainer, tokenizer, output_dir)
     metrics = evaluate_reward_model(model, tokenizer, held_out or train, settings)
+    with ScalarLog(output_dir) as scalars:  # the held-out evaluation, at the last step
+        scalars.log(metrics, trainer.state.global_step, prefix="eval/")
     metrics.update({
         "train_loss": result.training_loss,
         "n_train": len(train),

@@ -1,0 +1,74 @@
+"""TensorBoard event files for every training stage: one writer, used by our loops and handed to HF trainers.
+
+Each training stage logs into `<scratch>/tensorboard/` while it trains and copies that directory into
+its artifact (`publish_event_files`) before the artifact is committed, so `artifacts/<stage>/current/tensorboard/`
+holds the curves of the run that made the artifact, and a reused stage keeps them.
+
+The scratch is the directory that survives a killed run (the checkpoint directory of
+`pipeline.storage.checkpoints`) where a stage resumes, else the staging directory itself. A resumed
+run writes a new event file into the same directory with `purge_step` set to the first step it
+trains again: TensorBoard then hides what the killed run logged past its last checkpoint, and the
+curve continues from there instead of doubling back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.storage.contract import TENSORBOARD_DIR
+
+
+class ScalarLog:
+    """Scalars of one training run, `tag -> value` at a global step; None and non-numbers are skipped."""
+
+    def __init__(self, scratch: Path, resume_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = Path(scratch) / TENSORBOARD_DIR
+        # purge_step: steps the killed run logged at or after it are superseded by this run's.
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=resume_step + 1 if resume_step else None, flush_secs=10)
+
+    def log(self, values: Mapping[str, Any], step: int, prefix: str = "") -> None:
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            self.writer.add_scalar(prefix + name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __enter__(self) -> "ScalarLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def trainer_callback(scratch: Path, resume_step: int = 0):
+    """transformers' own TensorBoard callback, writing into `<scratch>/tensorboard/` (the trainer's
+    `report_to` would write under its output_dir, and transformers 5 reads the directory from an
+    environment variable only). Logs `train/loss`, `train/learning_rate`, `eval/loss`... at the global step."""
+    from transformers.integrations import TensorBoardCallback
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the main process writes
+        callback = TensorBoardCallback()
+    else:
+        callback = TensorBoardCallback(tb_writer=ScalarLog(scratch, resume_step).writer)
+    # Where it (re)opens a writer, e.g. when the trainer logs after training (the final `evaluate()`).
+    callback.logging_dir = str(Path(scratch) / TENSORBOARD_DIR)
+    return callback
+
+
+def publish_event_files(scratch: Path, artifact_dir: Path) -> Path | None:
+    """Copy `<scratch>/tensorboard/` into the artifact (nothing to do when the scratch is the artifact)."""
+    source, target = Path(scratch) / TENSORBOARD_DIR, Path(artifact_dir) / TENSORBOARD_DIR
+    if not source.is_dir():
+        return None
+    if source.resolve() != target.resolve():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
