@@ -10,6 +10,7 @@ from pydantic import Field
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.mlflow_tracking import record_in_mlflow
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
@@ -59,7 +60,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
 
             def on_progress(step: int, loss: float) -> None:
                 if step % 50 == 0 or step == config.pretrain_steps - 1:
-                    context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
+                    context.log.debug(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
 
             # Pretraining curves go to TensorBoard straight in the staging directory (it does not resume).
             model, tokenizer, losses = build_default_base_model(
@@ -85,7 +86,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
         "context_length": context_length(model.config),
         **metadata,
     })
-    return record_in_dvc(context, output)
+    return record_in_dvc(context, record_in_mlflow(context, output))
 
 
 @dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})

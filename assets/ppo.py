@@ -9,6 +9,7 @@ from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.mlflow_tracking import record_in_mlflow
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
@@ -52,7 +53,7 @@ def ppo_policy(
             context.log.info(f"resuming PPO from {checkpoints.resume_from} (a previous run was interrupted)")
         summary = train_ppo(
             sft_checkpoint, reward_model, prompts, staged.path, settings, checkpoint_dir=checkpoints.directory,
-            on_step=lambda record: context.log.info(
+            on_step=lambda record: context.log.debug(
                 f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
                 f"response length {record['response_length']:.1f}"
             ),
@@ -90,4 +91,4 @@ def ppo_policy(
         "training_curves": dg.MetadataValue.path(str(staged.path / PPO_CURVES_FILE)),
         "samples": dg.MetadataValue.md(markdown_table(summary["samples"], max_chars=200)),
     })
-    return record_in_dvc(context, output)
+    return record_in_dvc(context, record_in_mlflow(context, output))

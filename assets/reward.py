@@ -10,6 +10,7 @@ from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.mlflow_tracking import record_in_mlflow
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
@@ -58,4 +59,4 @@ def reward_model(
         "calibration": dg.MetadataValue.md(markdown_table(metrics["calibration"])),
         "accuracy_by_failure_mode": dg.MetadataValue.json(metrics["accuracy_by_failure_mode"]),
     })
-    return record_in_dvc(context, output)
+    return record_in_dvc(context, record_in_mlflow(context, output))

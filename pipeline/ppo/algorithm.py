@@ -49,6 +49,7 @@ from pipeline.training.chat_format import render_prompt
 from pipeline.training.context_window import context_length, count_over_budget, prompt_budget
 from pipeline.training.device import select_device, torch_cpu_threads
 from pipeline.training.packing import PackedSequences
+from pipeline.training.progress import stage_progress
 from pipeline.training.tensorboard_log import ScalarLog, publish_event_files
 
 logger = logging.getLogger(__name__)
@@ -413,6 +414,7 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     # Every metric of every step to TensorBoard, beside the checkpoints so a resumed run continues the curves.
     scratch = Path(checkpoint_dir) if checkpoint_dir is not None else Path(output_dir)
     scalars = ScalarLog(scratch, resume_step=start_step)
+    bar = stage_progress(n_steps, "ppo_policy: PPO", initial=start_step)
 
     inside_bound: PolicySnapshot | None = None  # the newest policy whose rollout KL was inside kl_bound
     stopped_at_kl_bound: dict[str, Any] | None = None
@@ -531,6 +533,8 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         }
         history.append(record)
         scalars.log({name: value for name, value in record.items() if name != "step"}, record["step"], prefix="ppo/")
+        bar.update(1)
+        bar.set_postfix(rm_score=f"{record['rm_score']:.3f}", kl=f"{record['kl']:.3f}", refresh=False)
         logger.info(
             f"PPO step {step + 1}/{n_steps}: rm_score {record['rm_score']:.3f} kl {record['kl']:.3f} "
             f"len {record['response_length']:.1f} clip {record['clip_fraction']:.3f} ({record['step_seconds']:.1f}s)"
@@ -546,6 +550,7 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             })
         if on_step is not None:
             on_step(record)
+    bar.close()
     train_seconds = time.perf_counter() - started
 
     policy = accelerator.unwrap_model(policy)

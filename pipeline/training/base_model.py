@@ -85,6 +85,7 @@ def pretrain(
 
     With `scratch`, the loss and learning rate of every step go to TensorBoard in `<scratch>/tensorboard/`.
     """
+    from pipeline.training.progress import stage_progress
     from pipeline.training.tensorboard_log import ScalarLog
 
     stream: list[int] = []
@@ -112,6 +113,7 @@ def pretrain(
     bf16_autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                    enabled=device.type == "cuda" and torch.cuda.is_bf16_supported())
     scalars = ScalarLog(scratch) if scratch is not None else None
+    bar = stage_progress(settings.pretrain_steps, "base_model: pretraining")
     for step in range(settings.pretrain_steps):
         batch = data[torch.randint(0, n_chunks, (settings.pretrain_batch_size,), generator=generator)].to(device)
         with bf16_autocast:
@@ -125,8 +127,11 @@ def pretrain(
         losses.append(loss.item())
         if scalars is not None:
             scalars.log({"loss": losses[-1], "learning_rate": learning_rate}, step + 1, prefix="train/")
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         if on_progress is not None:
             on_progress(step, losses[-1])
+    bar.close()
     if scalars is not None:
         scalars.close()
     model.eval()

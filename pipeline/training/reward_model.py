@@ -23,6 +23,7 @@ from pipeline.data.statistics import pearson_correlation
 from pipeline.settings import RewardSettings
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
+from pipeline.training.progress import quiet_trainer, trainer_progress
 from pipeline.training.tensorboard_log import ScalarLog, trainer_callback
 from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
 
@@ -162,8 +163,10 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=to_preference_dataset(tokenizer, train), processing_class=tokenizer,
-            callbacks=[trainer_callback(output_dir)],  # no resume: straight into the artifact being staged
+            # No resume: TensorBoard straight into the artifact being staged.
+            callbacks=[trainer_callback(output_dir), trainer_progress("reward_model: Bradley-Terry training")],
         )
+        quiet_trainer(trainer)
         result = trainer.train()
         loss_curve = [
             {"step": log["step"], "loss": log["loss"], "accuracy": log.get("accuracy")}

@@ -17,6 +17,7 @@ from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.curves import SFT_PANELS, plot_training_curves
 from pipeline.training.generation import generate
+from pipeline.training.progress import quiet_trainer, trainer_progress
 from pipeline.training.tensorboard_log import ScalarLog, publish_event_files, trainer_callback
 from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
 
@@ -91,8 +92,9 @@ def train_sft(
             train_dataset=to_prompt_completion(tokenizer, train, settings.assistant_turns),
             eval_dataset=to_prompt_completion(tokenizer, held_out, settings.assistant_turns) if held_out else None,
             processing_class=tokenizer,
-            callbacks=[tensorboard, *callbacks],
+            callbacks=[tensorboard, trainer_progress("sft_checkpoint: SFT"), *callbacks],
         )
+        quiet_trainer(trainer)
         held_out_loss_before = trainer.evaluate()["eval_loss"] if held_out else None
         if resume_from is not None:
             logger.info(f"SFT resumes from {resume_from}")

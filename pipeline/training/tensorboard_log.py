@@ -72,3 +72,13 @@ def publish_event_files(scratch: Path, artifact_dir: Path) -> Path | None:
     if source.resolve() != target.resolve():
         shutil.copytree(source, target, dirs_exist_ok=True)
     return target
+
+
+def read_scalars(log_dir: Path) -> dict[str, list]:
+    """tag -> TensorBoard's scalar events (`step`, `value`, `wall_time`) as TensorBoard shows them:
+    read by its own `EventAccumulator`, every event kept, the orphaned steps of a killed run purged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: list(accumulator.Scalars(tag)) for tag in accumulator.Tags()["scalars"]}

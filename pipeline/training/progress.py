@@ -1,0 +1,57 @@
+"""One progress bar per long stage (pretraining, SFT, the reward model, PPO, the evaluation), on stderr.
+
+Bars show only on a terminal (tqdm's `disable=None`): a log file, CI or a test's captured output
+gets none, only the run's log lines. The libraries' own bars (weight loading, dataset maps, the
+Trainer's train and eval bars) are turned off where the code location loads
+(`pipeline.definitions`) and in `trainer_progress`, so a stage draws one bar, not several interleaved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def stage_progress(total: int, description: str, unit: str = "step", initial: int = 0):
+    """A tqdm bar for one stage's loop; update it with `.update(n)` and `.set_postfix(...)`, close it at the end."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit=unit, disable=None, dynamic_ncols=True, leave=True)
+
+
+def trainer_progress(description: str):
+    """A TrainerCallback drawing one bar over a HF Trainer's optimizer steps, the last logged loss beside it.
+
+    Use with `disable_tqdm=True` (the Trainer's own bars) and pass it in `callbacks`; the
+    Trainer's `PrinterCallback`, which prints every log dict when its bars are off, is removed
+    by `quiet_trainer(trainer)`.
+    """
+    from transformers import TrainerCallback
+
+    class TrainerProgress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = stage_progress(state.max_steps, description, initial=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrainerProgress()
+
+
+def quiet_trainer(trainer) -> None:
+    """Remove the Trainer's PrinterCallback (it prints each log dict when `disable_tqdm` is on)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
