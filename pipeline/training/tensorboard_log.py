@@ -38,6 +38,8 @@ class ScalarLog:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 continue
             self.writer.add_scalar(prefix + name, value, step)
+        # On disk now: a run killed later must not lose the steps its last checkpoint covers.
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
