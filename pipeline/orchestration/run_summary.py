@@ -194,8 +194,9 @@ def render_summary(summary: RunSummary, python_bin: str = ".venv/bin") -> str:
     width = max((len(asset) for asset in by_asset), default=0)
     for asset, gates in by_asset.items():
         lines.append(f"  {asset:<{width}}  " + ", ".join(f"{g.check.split(':', 1)[1]} {g.verdict}" for g in gates))
+    failed_steps = {check for failure in summary.failures for check in failure.step.split(", ")}
     for gate in summary.gates:
-        if gate.verdict in ("FAILED", "WARN"):
+        if gate.verdict in ("FAILED", "WARN") and gate.check not in failed_steps:  # a failed step says it below
             kind = "blocking" if gate.blocking else "non-blocking"
             lines.append(f"  {gate.verdict} {gate.check} ({kind}): {gate.description}")
     if summary.failures:
@@ -210,7 +211,7 @@ def render_summary(summary: RunSummary, python_bin: str = ".venv/bin") -> str:
         lines.extend(_headline_lines(summary.headline))
     lines.append("where:")
     if summary.report_path:
-        lines.append(f"  report     {summary.report_path}")
+        lines.append(f"  report     {_shown(summary.report_path)}")
     lines.append(f"  lineage    {python_bin}/rlhf lineage ppo_policy   (which RM and data trained the policy)")
     lines.append("  web UI     make ui -> http://127.0.0.1:3000/runs/" + summary.run_id)
     lines.append("  curves     make tensorboard -> http://127.0.0.1:6006")
@@ -253,6 +254,12 @@ def _planned(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[list[tup
             elif properties.asset_key is not None:
                 assets.append((properties.asset_key.to_user_string(), step.key))
     return assets, checks
+
+
+def _shown(path: str) -> str:
+    """A path as the user would type it from here: relative when it is below the working directory."""
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else path
 
 
 def _one_line(error) -> str:
