@@ -1,7 +1,9 @@
 """One progress bar per long stage (pretraining, SFT, the reward model, PPO, the evaluation), on stderr.
 
-Bars show only on a terminal (tqdm's `disable=None`): a log file, CI or a test's captured output
-gets none, only the run's log lines. The libraries' own bars (weight loading, dataset maps, the
+Dagster writes a step's stderr to its compute-log file and mirrors it to the terminal, so a bar
+cannot know whether a person is watching: it is always drawn (a log file gets one line per bar,
+redrawn in place with carriage returns, at most once a second); `TQDM_DISABLE=1` turns them all
+off. The libraries' own bars (weight loading, dataset maps, the
 Trainer's train and eval bars) are turned off where the code location loads
 (`pipeline.definitions`) and in `trainer_progress`, so a stage draws one bar, not several interleaved.
 """
@@ -15,7 +17,7 @@ def stage_progress(total: int, description: str, unit: str = "step", initial: in
     """A tqdm bar for one stage's loop; update it with `.update(n)` and `.set_postfix(...)`, close it at the end."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=description, unit=unit, disable=None, dynamic_ncols=True, leave=True)
+    return tqdm(total=total, initial=initial, desc=description, unit=unit, mininterval=1.0, dynamic_ncols=True)
 
 
 def trainer_progress(description: str):
