@@ -6,7 +6,7 @@ the page in Debian's headless chromium (as tests/test_web_ui.py does) to check t
 
 Run as a script, it takes the README's screenshot of a finished run's PPO curves:
 
-    .venv/bin/python tests/test_tensorboard_ui.py artifacts/ppo_policy/current tests/screenshots/tensorboard_ppo_curves.png
+    .venv/bin/python tests/test_tensorboard_ui.py artifacts tests/screenshots/tensorboard_ppo_curves.png
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def wait_for_runs(url: str, expected: set[str], timeout_s: float = 60) -> list[s
         time.sleep(1)
 
 
-def screenshot_scalars(url: str, path: Path, tag_filter: str) -> None:
-    """The time-series dashboard, tags filtered by `tag_filter`, in headless chromium."""
+def screenshot_scalars(url: str, path: Path, tag_filter: str, first_tag: str, run_filter: str = "") -> None:
+    """The time-series dashboard in headless chromium, tags (and runs) filtered, once `first_tag` shows."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -93,9 +93,11 @@ def screenshot_scalars(url: str, path: Path, tag_filter: str) -> None:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.set_default_timeout(60_000)
             page.goto(f"{url}/#timeseries")
+            if run_filter:
+                page.get_by_role("textbox", name="Filter runs (regex)").fill(run_filter)
             search = page.get_by_role("combobox", name="Filter tags (regex)")
             search.fill(tag_filter)
-            page.get_by_text(f"{tag_filter}kl", exact=True).first.wait_for()
+            page.get_by_text(first_tag, exact=True).first.wait_for()
             search.press("Escape")  # close the tag suggestions
             close_settings = page.get_by_role("button", name="Close side pane")
             if close_settings.count():
@@ -126,19 +128,21 @@ def test_tensorboard_serves_the_artifacts_root(tmp_path):
         assert {"ppo/kl", "ppo/rm_score", "ppo/response_length"} <= set(tags[ppo_run]), tags
         kl = get_json(f"{url}/data/plugin/scalars/scalars?run={urllib.parse.quote(ppo_run)}&tag=ppo%2Fkl")
         assert [step for _, step, _ in kl] == list(range(1, 9))
-        screenshot_scalars(url, tmp_path / "tensorboard.png", "ppo/")
+        screenshot_scalars(url, tmp_path / "tensorboard.png", "ppo/", "ppo/kl", run_filter="ppo_policy")
         assert (tmp_path / "tensorboard.png").stat().st_size > 10_000
     finally:
         stop(process)
 
 
+# The PPO curves a reader looks at first, for the README's screenshot.
+README_TAGS = "ppo/(rm_score|kl|response_length|entropy|value_loss|clip_fraction)$"
+
 if __name__ == "__main__":
     logdir, out = Path(sys.argv[1]), Path(sys.argv[2])
     server, address = start_tensorboard(logdir, Path("/tmp/tensorboard_screenshot.log"))
     try:
-        wait_for_runs(address, set(), timeout_s=0)
-        time.sleep(5)
-        screenshot_scalars(address, out, "ppo/")
+        time.sleep(5)  # TensorBoard loads the event files in the background
+        screenshot_scalars(address, out, README_TAGS, "ppo/rm_score")
     finally:
         stop(server)
     print(f"wrote {out}")
