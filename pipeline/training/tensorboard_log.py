@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class ScalarLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(scratch) / TENSORBOARD_DIR
+        if resume_step:
+            _after_existing_event_files(self.log_dir)
         # purge_step: steps the killed run logged at or after it are superseded by this run's.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=resume_step + 1 if resume_step else None, flush_secs=10)
 
@@ -49,6 +52,21 @@ class ScalarLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _after_existing_event_files(log_dir: Path) -> None:
+    """Wait, if needed, until the clock is past the newest event file's second.
+
+    TensorBoard reads a directory's event files in name order, `events.out.tfevents.<unix second>.<host>.<pid>.<n>`,
+    and the resumed run's purge must come after the killed run's steps. Files of one second are
+    ordered by `<n>` as text (10 before 9), so a resumed file must carry a later second; only a run
+    resumed within a second of the last write (a test) ever waits, for under a second.
+    """
+    seconds = [int(part) for path in log_dir.glob("events.out.tfevents.*")
+               if (part := path.name.split(".")[3]).isdigit()]
+    if seconds:
+        while int(time.time()) <= max(seconds):
+            time.sleep(0.05)
 
 
 def trainer_callback(scratch: Path, resume_step: int = 0):
