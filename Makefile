@@ -9,8 +9,12 @@ DVC_VENV := .venv-dvc
 export DAGSTER_HOME := $(CURDIR)/.dagster
 RUN_CONFIG ?=
 UI_PORT ?= 3000
+TENSORBOARD_PORT ?= 6006
+# The console's log level for `make run` (the job's default run config reads it): DEBUG shows every
+# Dagster engine event; the run's event log keeps them all whatever this says.
+LOG_LEVEL ?= INFO
 
-.PHONY: run test test-fast ui install check-env clean
+.PHONY: run test test-fast ui tensorboard install check-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +40,15 @@ check-env: install
 	$(BIN)/python -m pip check
 	$(DVC_VENV)/bin/python -m pip check
 
+# The job, then its closing summary (`rlhf summary`, read from the run's event log); `make run` exits
+# with the job's exit code. The invocation tag lets the summary find this run, not another one.
 run: install
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster job execute -m pipeline.definitions -j rlhf_pipeline $(if $(RUN_CONFIG),-c $(RUN_CONFIG))
+	@mkdir -p $(DAGSTER_HOME)
+	@invocation=make-$$$$-$$(date +%s); status=0; \
+	RLHF_LOG_LEVEL=$(LOG_LEVEL) $(BIN)/dagster job execute -m pipeline.definitions -j rlhf_pipeline \
+		$(if $(RUN_CONFIG),-c $(RUN_CONFIG)) --tags "{\"rlhf/invocation\": \"$$invocation\"}" || status=$$?; \
+	$(BIN)/rlhf summary --invocation $$invocation || true; \
+	exit $$status
 
 test: check-env
 	$(BIN)/lint-imports
@@ -50,6 +60,10 @@ test-fast: install
 ui: install
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -m pipeline.definitions --host 127.0.0.1 --port $(UI_PORT)
+
+# TensorBoard over every artifact: each training stage's curves are in artifacts/<stage>/<version>/tensorboard/.
+tensorboard: install
+	$(BIN)/tensorboard --logdir $${RLHF_ARTIFACTS_ROOT:-artifacts} --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 clean:
 	rm -rf artifacts .dagster/storage .dagster/history .dagster/schedules .dagster/logs

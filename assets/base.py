@@ -10,6 +10,7 @@ from pydantic import Field
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
+from pipeline.orchestration.mlflow_tracking import record_in_mlflow
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
@@ -43,34 +44,36 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
 
     metadata: dict = {}
     changes: list[str] = []
-    if config.model_name_or_path:
-        model, tokenizer, changes = load_pretrained(
-            config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
-        )
-        name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
-        if revision := resolved_revision(model):  # the commit a branch or tag pointed to when this ran
-            metadata["resolved_revision"] = revision
-        if changes:  # what the checkpoint lacked and got; never silent
-            context.log.info("base_model: " + "; ".join(changes))
-            metadata["added_to_checkpoint"] = dg.MetadataValue.md("\n".join(f"- {change}" for change in changes))
-    else:
-        device = select_device(config.device).device
-
-        def on_progress(step: int, loss: float) -> None:
-            if step % 50 == 0 or step == config.pretrain_steps - 1:
-                context.log.info(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
-
-        model, tokenizer, losses = build_default_base_model(
-            settings_from(config, TinyModelSpec),
-            settings_from(config, PretrainSettings),
-            device,
-            on_progress,
-        )
-        name = "tiny-llama (built locally)"
-        if losses:
-            metadata["pretrain_loss_first"] = losses[0]
-            metadata["pretrain_loss_last"] = losses[-1]
     with artifacts.store().stage("base_model") as staged:
+        if config.model_name_or_path:
+            model, tokenizer, changes = load_pretrained(
+                config.model_name_or_path, config.revision, config.trust_remote_code, config.allow_pickle
+            )
+            name = config.model_name_or_path + (f"@{config.revision}" if config.revision else "")
+            if revision := resolved_revision(model):  # the commit a branch or tag pointed to when this ran
+                metadata["resolved_revision"] = revision
+            if changes:  # what the checkpoint lacked and got; never silent
+                context.log.info("base_model: " + "; ".join(changes))
+                metadata["added_to_checkpoint"] = dg.MetadataValue.md("\n".join(f"- {change}" for change in changes))
+        else:
+            device = select_device(config.device).device
+
+            def on_progress(step: int, loss: float) -> None:
+                if step % 50 == 0 or step == config.pretrain_steps - 1:
+                    context.log.debug(f"pretraining step {step + 1}/{config.pretrain_steps}: loss {loss:.3f}")
+
+            # Pretraining curves go to TensorBoard straight in the staging directory (it does not resume).
+            model, tokenizer, losses = build_default_base_model(
+                settings_from(config, TinyModelSpec),
+                settings_from(config, PretrainSettings),
+                device,
+                on_progress,
+                scratch=staged.path,
+            )
+            name = "tiny-llama (built locally)"
+            if losses:
+                metadata["pretrain_loss_first"] = losses[0]
+                metadata["pretrain_loss_last"] = losses[-1]
         model.save_pretrained(staged.path)
         tokenizer.save_pretrained(staged.path)
         (staged.path / MODEL_NAME_FILE).write_text(name + "\n")
@@ -83,7 +86,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, artif
         "context_length": context_length(model.config),
         **metadata,
     })
-    return record_in_dvc(context, output)
+    return record_in_dvc(context, record_in_mlflow(context, output))
 
 
 @dg.asset(group_name="evaluation", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"})

@@ -11,6 +11,7 @@ from pipeline.data.records import load_data
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.materializations import latest_artifact_paths
+from pipeline.orchestration.mlflow_tracking import record_in_mlflow
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import ArtifactStoreResource
 from pipeline.settings import EvaluationSettings, settings_from
@@ -120,7 +121,7 @@ def evaluation_report(
         metadata["plot_ppo_training_curves"] = dg.MetadataValue.path(str(path / TRAINING_CURVES_PNG))
     # Dagster metadata floats must be numbers; an undefined value (e.g. no verifiable prompts) is left out.
     output = artifact_output(context, path, {k: v for k, v in metadata.items() if v is not None})
-    return record_in_dvc(context, output)
+    return record_in_dvc(context, record_in_mlflow(context, output))
 
 
 def _ppo_summary(ppo_policy: Path) -> dict:

@@ -10,6 +10,7 @@ from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
 from pipeline.orchestration.launchers import PIPES_CLIENT_KEY, launcher_label, train_with_launcher
+from pipeline.orchestration.mlflow_tracking import record_in_mlflow
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
 from pipeline.orchestration.resources import PIPES_SUBPROCESS_CLIENT, ArtifactStoreResource
@@ -58,7 +59,7 @@ def ppo_policy(
             context, pipes_subprocess_client, "ppo_policy", launch,
             lambda: train_ppo(
                 sft_checkpoint, reward_model, prompts, staged.path, settings, checkpoint_dir=checkpoints.directory,
-                on_step=lambda record: context.log.info(progress_line(record)),
+                on_step=lambda record: context.log.debug(progress_line(record)),
             ),
             {"sft_checkpoint": sft_checkpoint, "reward_model": reward_model, "checkpoints": checkpoints},
             prompt_records, staged.path, settings,
@@ -97,4 +98,4 @@ def ppo_policy(
         "training_curves": dg.MetadataValue.path(str(staged.path / PPO_CURVES_FILE)),
         "samples": dg.MetadataValue.md(markdown_table(summary["samples"], max_chars=200)),
     })
-    return record_in_dvc(context, output)
+    return record_in_dvc(context, record_in_mlflow(context, output))

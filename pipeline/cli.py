@@ -7,6 +7,7 @@
     rlhf materialize ASSET... [-c run_config.yaml]    materialize some assets (the dvc.yaml stages' command)
     rlhf dvc-yaml [--write]                           dvc.yaml stages generated from the asset graph
     rlhf status [-c run_config.yaml] [--json]         which assets a run would recompute, and why
+    rlhf summary [--run RUN_ID | --invocation ID]     what a run did: stages, gates, evaluation, where to look
 
 Each subcommand is a `add_<name>_command(subparsers)` function registering its parser and handler
 (`set_defaults(handler=...)`); add new subcommands the same way in `build_parser`.
@@ -261,6 +262,32 @@ def add_status_command(subparsers) -> None:
     parser.set_defaults(handler=run_status)
 
 
+def run_summary(args: argparse.Namespace) -> int:
+    from pipeline.orchestration.run_summary import find_run, render_summary, summarize_run
+
+    with open_instance() as instance:
+        run = find_run(instance, args.run, args.invocation)
+        if run is None:
+            print("rlhf summary: no run found" + (f" tagged with invocation {args.invocation}" if args.invocation else "")
+                  + " (did the job start? see the lines above)", file=sys.stderr)
+            return 2
+        summary = summarize_run(instance, run)
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        bin_dir = Path(sys.executable).parent  # where `rlhf` is, as the user would type it from here
+        print(render_summary(summary, os.path.relpath(bin_dir) if bin_dir.is_relative_to(Path.cwd()) else str(bin_dir)))
+    return 0 if summary.succeeded else 1
+
+
+def add_summary_command(subparsers) -> None:
+    parser = subparsers.add_parser("summary", help="what a run did: stages computed or reused, gates, evaluation headline")
+    parser.add_argument("--run", metavar="RUN_ID", help="this run (default: the latest run of rlhf_pipeline)")
+    parser.add_argument("--invocation", metavar="ID", help="the run tagged rlhf/invocation=ID (what `make run` sets)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=run_summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_materialize_command(subparsers)
     add_dvc_yaml_command(subparsers)
     add_status_command(subparsers)
+    add_summary_command(subparsers)
     return parser
 
 

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import os
 
-import dagster as dg
+# Before any of them is imported: no per-file bars from Hugging Face's libraries (weight loading,
+# dataset maps, downloads); each long stage draws one bar of its own (pipeline.training.progress).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows this one too
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-from assets import base, data, evaluation, ppo, reward, sft
+import dagster as dg  # noqa: E402
+
+from assets import base, data, evaluation, ppo, reward, sft  # noqa: E402
 from pipeline.orchestration.execution import pipeline_executor
 from pipeline.orchestration.resources import ArtifactIOManager, ArtifactStoreResource
 from quality_gates.checks import quality_gate_checks
 
 all_assets = dg.load_assets_from_modules([base, data, sft, reward, ppo, evaluation])
+
+# What the console says: INFO and above (what each stage did and found) unless $RLHF_LOG_LEVEL says
+# otherwise; `make run LOG_LEVEL=DEBUG` brings back every Dagster engine event. The run's event log
+# (web UI, `rlhf summary`) keeps everything whatever the level.
+CONSOLE_LOG_LEVEL = os.environ.get("RLHF_LOG_LEVEL", "INFO").upper()
 
 executor = pipeline_executor()  # $RLHF_EXECUTOR: multiprocess (default) or k8s
 
@@ -25,7 +35,10 @@ rlhf_pipeline = dg.define_asset_job(
     # Steps run in one process unless the run config says `execution: {config: {multiprocess: {}}}`:
     # a step process spends seconds importing torch/transformers, which dominates a re-run whose
     # stages are reused (benchmarks/bench_pipeline.py, README "Performance"). Not for k8s: a pod per step.
-    config={"execution": {"config": {"in_process": {}}}} if executor is dg.multi_or_in_process_executor else None,
+    config={
+        "loggers": {"console": {"config": {"log_level": CONSOLE_LOG_LEVEL}}},
+        **({"execution": {"config": {"in_process": {}}}} if executor is dg.multi_or_in_process_executor else {}),
+    },
 )
 
 defs = dg.Definitions(

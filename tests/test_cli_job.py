@@ -16,11 +16,13 @@ import yaml
 
 from pipeline.data import generator as data_generator
 from pipeline.data.records import write_jsonl
+from test_experiment_tracking import assert_mlflow_runs, assert_training_curves_in_artifacts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml"
 PROJECT_INSTANCE_CONFIG = REPO_ROOT / ".dagster" / "dagster.yaml"
 DAGSTER_CLI = Path(sys.executable).with_name("dagster")  # the venv's console script, as on a user's PATH
+RLHF_CLI = Path(sys.executable).with_name("rlhf")
 JOB_TIMEOUT_S = 1800  # generous: the suite shares a few CPU cores; a hang still ends the test
 # A second run-config file, merged by `dagster job execute` with the first: all steps in one process.
 # With the default multiprocess executor every step and check starts a process that loads the code
@@ -30,7 +32,9 @@ JOB_TIMEOUT_S = 1800  # generous: the suite shares a few CPU cores; a hang still
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
-def execute_job(config_file: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
+def execute_job(
+    config_file: Path, tmp_path: Path, extra_env: dict[str, str] | None = None,
+) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
     """Run the job as CI would and open the instance it wrote to."""
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -43,6 +47,7 @@ def execute_job(config_file: Path, tmp_path: Path) -> tuple[subprocess.Completed
         "RLHF_ARTIFACTS_ROOT": str(artifacts_root),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        **(extra_env or {}),
     }
     executor_file = tmp_path / "in_process.yaml"
     executor_file.write_text(yaml.safe_dump(IN_PROCESS))
@@ -51,6 +56,13 @@ def execute_job(config_file: Path, tmp_path: Path) -> tuple[subprocess.Completed
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     (tmp_path / "job.log").write_text(completed.stdout + completed.stderr)
     return completed, dg.DagsterInstance.from_config(str(home))
+
+
+def run_summary(tmp_path: Path, run_id: str) -> subprocess.CompletedProcess:
+    """`rlhf summary` of the run, as `make run` prints it after the job."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    return subprocess.run([str(RLHF_CLI), "summary", "--run", run_id], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 def output_tail(completed: subprocess.CompletedProcess, n_chars: int = 4000) -> str:
@@ -72,7 +84,14 @@ def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> dict[tuple[s
 
 @pytest.mark.slow
 def test_job_execute_on_tiny_profile_materializes_every_asset(tmp_path):
-    completed, instance = execute_job(TINY_PROFILE, tmp_path)
+    """The whole job on the tiny profile, with MLflow on (a file store): every asset, every check, the
+    TensorBoard curves and MLflow runs of the training stages (tests/test_experiment_tracking.py), and
+    the closing summary."""
+    mlflow_uri = f"file:{tmp_path / 'mlruns'}"
+    completed, instance = execute_job(TINY_PROFILE, tmp_path, {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3.17 asks for this to use a file store (a database needs no flag)
+    })
     with instance:
         assert completed.returncode == 0, f"dagster job execute exited {completed.returncode}:\n{output_tail(completed)}"
         run = only_run(instance)
@@ -92,6 +111,31 @@ def test_job_execute_on_tiny_profile_materializes_every_asset(tmp_path):
         evaluated = set(check_evaluations(instance, run.run_id))
         expected = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
         assert expected <= evaluated, f"checks never evaluated in the CLI run: {sorted(expected - evaluated)}"
+
+        # The console shows INFO and above by default, and no warning about the beta APIs used knowingly.
+        assert " - DEBUG - " not in completed.stderr and "STEP_START" not in completed.stderr
+        assert "BetaWarning" not in completed.stderr
+
+        assert_training_curves_in_artifacts(instance)
+        assert_mlflow_runs(instance, run.run_id, mlflow_uri)
+
+        summary = run_summary(tmp_path, run.run_id)
+        assert summary.returncode == 0, summary.stderr
+        text = summary.stdout
+        assert f"rlhf_pipeline: SUCCESS in " in text and run.run_id in text
+        computed = next(line for line in text.splitlines() if line.startswith("computed:"))
+        for key in job.asset_layer.executable_asset_keys:
+            assert key.to_user_string() in computed
+        assert "reused:" not in text  # a fresh instance reuses nothing
+        n_checks = len(expected)
+        assert f"of {n_checks} passed" in text
+        for asset_name, check_name in expected:
+            line = next(line for line in text.splitlines() if line.strip().startswith(asset_name + " "))
+            assert check_name in line, f"{asset_name}:{check_name} has no verdict in the summary"
+        assert "PPO vs SFT win rate" in text and "reward model" in text and "KL(PPO || SFT)" in text
+        assert "final_eval.md" in text and "rlhf lineage ppo_policy" in text and "http://127.0.0.1:3000" in text
+        assert "MLflow" in text
+        print(text)
 
 
 @pytest.mark.slow
@@ -123,3 +167,16 @@ def test_eval_prompt_in_user_sft_file_fails_the_job(tmp_path):
         assert leaked_prompt in leak.metadata["leaked_rows"].value
         # Blocked within the run: nothing is trained on the leaked data.
         assert instance.get_latest_materialization_event(dg.AssetKey("sft_checkpoint")) is None
+
+        # The summary names the gate, its reason in one line, and what was not run because of it.
+        summary = run_summary(tmp_path, run.run_id)
+        assert summary.returncode == 1, summary.stdout + summary.stderr
+        text = summary.stdout
+        print(text)
+        assert "rlhf_pipeline: FAILURE" in text
+        failed = next(line for line in text.splitlines() if line.startswith("FAILED:"))
+        assert "sft_data:eval_leak" in failed and "1 of" in failed
+        not_run = next(line for line in text.splitlines() if line.startswith("not run because of it:"))
+        for asset in ("sft_checkpoint", "reward_model", "ppo_policy", "evaluation_report"):
+            assert asset in not_run
+        assert "PPO vs SFT" not in text  # no evaluation ran

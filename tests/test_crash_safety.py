@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from pipeline.storage.artifacts import STAGING_PREFIX, content_hash
+from pipeline.storage.contract import TENSORBOARD_DIR
 from pipeline.storage.checkpoints import CHECKPOINTS_DIR, complete_checkpoints
+from test_experiment_tracking import read_scalars
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KILL_TIMEOUT_S = 420
@@ -200,6 +202,9 @@ def test_sigkill_during_sft_the_reward_model_and_distributed_ppo_then_each_rerun
     sft_eval = json.loads((sft["path"] / "sft_eval.json").read_text())
     assert sft_eval["resumed_from_step"] == sft_resumed
     assert sft_eval["loss_curve"][0]["step"] <= 5, "the loss curve keeps the steps trained before the kill"
+    # TensorBoard shows one curve over every step: the killed run's up to the checkpoint, then the resumed run's.
+    sft_curve = read_scalars(sft["path"] / TENSORBOARD_DIR)["train/loss"]
+    assert [step for step, _ in sft_curve] == list(range(1, sft_total + 1))
     # The earlier artifacts are untouched, and run 2 read the same content (reused: pipeline.orchestration.incremental),
     # which is why SFT found its checkpoints under the same key.
     for asset, records in before_sft.items():
@@ -238,6 +243,8 @@ def test_sigkill_during_sft_the_reward_model_and_distributed_ppo_then_each_rerun
     assert summary["num_processes"] == 2
     steps = [json.loads(line)["step"] for line in (ppo["path"] / "ppo_train_metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13)), "the metrics keep the steps trained before the kill, each once"
+    ppo_curve = read_scalars(ppo["path"] / TENSORBOARD_DIR)["ppo/kl"]
+    assert [step for step, _ in ppo_curve] == list(range(1, ppo_total + 1)), "the resumed TensorBoard curve continues"
     for asset, records in before_ppo.items():
         assert materializations(home, asset)[0] == records[0], f"{asset}'s first materialization is unchanged"
     assert_every_materialization_points_to_its_complete_artifact(home, (*upstream_of_ppo, "ppo_policy"))

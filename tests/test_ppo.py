@@ -12,6 +12,8 @@ from pipeline.settings import TinyModelSpec
 from pipeline.training.base_model import build_tiny_llama, train_tokenizer
 from pipeline.data.generator import pretraining_text, prompt_records
 from pipeline.settings import PpoSettings
+from pipeline.storage.contract import TENSORBOARD_DIR
+from pipeline.training.tensorboard_log import read_scalars
 from pipeline.ppo.algorithm import generalized_advantages, per_token_kl, per_token_rewards, train_ppo
 from pipeline.ppo.rollout import (
     encode_prompts,
@@ -180,9 +182,12 @@ def test_training_resumes_from_the_latest_checkpoint(tiny_models, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     with pytest.raises(Crash):
         train_ppo(sft_dir, rm_dir, prompts, tmp_path / "b", settings, checkpoint_dir=checkpoints, on_step=crash_after_step_2)
-    assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-2"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "tensorboard"]
     resumed = train_ppo(sft_dir, rm_dir, prompts, tmp_path / "b", settings, checkpoint_dir=checkpoints)
     assert resumed["resumed_from_step"] == 2
+    # One TensorBoard curve over steps 1..3: the crashed run's steps, then the resumed run's.
+    kl_curve = read_scalars(tmp_path / "b" / TENSORBOARD_DIR)["ppo/kl"]
+    assert [event.step for event in kl_curve] == [1, 2, 3]
 
     def last_record(directory):
         return json.loads((directory / "ppo_train_metrics.jsonl").read_text().splitlines()[-1])

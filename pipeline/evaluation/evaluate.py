@@ -33,6 +33,7 @@ from pipeline.settings import EvaluationSettings
 from pipeline.training.context_window import context_length, count_over_budget, prompt_budget
 from pipeline.training.device import select_device, torch_cpu_threads
 from pipeline.training.generation import Generation, generate, load_causal_lm, to_generation
+from pipeline.training.progress import stage_progress
 from pipeline.training.reward_model import score
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> E
         if not sampled or greedy_too:
             (generations if not sampled else greedy)[name] = generate(
                 model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens, temperature=0.0,
-                batch_size=settings.batch_size, seed=settings.seed, progress_desc=f"{name} greedy answers",
+                batch_size=settings.batch_size, seed=settings.seed,
             )
         if not kl_samples:
             return None
@@ -162,11 +163,16 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> E
         return sample_answers(model, tokenizer, prompts, settings.kl_samples_per_prompt, 1.0, settings.max_new_tokens,
                               settings.batch_size, settings.seed, with_logprobs=True)
 
+    # One bar for the stage, one unit per phase: the three models' answers, scoring, judging.
+    bar = stage_progress(5, "evaluation_report", unit="phase")
     # PPO first: its samples for the KL are scored under SFT next, so only one policy is loaded at a time.
+    bar.set_postfix_str("ppo answers")
     ppo, ppo_tokenizer = load_causal_lm(model_dirs["ppo"], choice)
     ppo_samples = answer("ppo", ppo, ppo_tokenizer, kl_samples=True)
     del ppo
     _free_memory()
+    bar.update(1)
+    bar.set_postfix_str("sft answers")
     sft, sft_tokenizer = load_causal_lm(model_dirs["sft"], choice)
     answer("sft", sft, sft_tokenizer)
     if _same_vocabulary(ppo_tokenizer, sft_tokenizer):
@@ -175,10 +181,14 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> E
         log("PPO and SFT tokenizers differ: KL(ppo || sft) is not computed")
     del sft, ppo_samples
     _free_memory()
+    bar.update(1)
+    bar.set_postfix_str("base answers")
     base, base_tokenizer = load_causal_lm(model_dirs["base"], choice)
     answer("base", base, base_tokenizer)
     del base
     _free_memory()
+    bar.update(1)
+    bar.set_postfix_str("scoring")
 
     log("scoring every answer with the reward model, the rule checker and the concept match")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -194,8 +204,12 @@ def _evaluate(model_dirs, reward_dir, prompt_records, settings, judge, log) -> E
     del reward, rm
     _free_memory()
 
+    bar.update(1)
+    bar.set_postfix_str("judging")
     log(f"pairwise judging with {judge.name!r}")
     judged = _judge_all(judge, scored["comparison"], settings)
+    bar.update(1)
+    bar.close()
     greedy_result = None
     if greedy:
         greedy_result = summarise(scored["greedy"], _judge_all(judge, scored["greedy"], settings), None, judge.name, settings)

@@ -228,7 +228,7 @@ def hf_completion(model_dir: str, max_new_tokens: int = 64, device: str = "auto"
             loaded.extend(load_causal_lm(model_dir, select_device(device)))
         model, tokenizer = loaded
         generations = generate(
-            model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress_desc="judge",
+            model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
         )
         return [g.response for g in generations]
 

@@ -61,6 +61,8 @@ from pipeline.training.chat_format import render_prompt
 from pipeline.training.context_window import context_length, count_over_budget, prompt_budget
 from pipeline.training.device import select_device, torch_cpu_threads
 from pipeline.training.packing import PackedSequences
+from pipeline.training.progress import stage_progress
+from pipeline.training.tensorboard_log import ScalarLog, publish_event_files
 
 logger = logging.getLogger(__name__)
 
@@ -538,6 +540,10 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         kl_controller.value = state["beta"]
         start_step, history = state["step"], state["history"]
         logger.info(f"PPO resumes from {resume_from} at step {start_step}/{n_steps}")
+    # Every metric of every step to TensorBoard, beside the checkpoints so a resumed run continues the curves.
+    scratch = Path(checkpoint_dir) if checkpoint_dir is not None else Path(output_dir)
+    scalars = ScalarLog(scratch, resume_step=start_step, enabled=accelerator.is_main_process)
+    bar = stage_progress(n_steps, "ppo_policy: PPO", initial=start_step, enabled=accelerator.is_main_process)
 
     inside_bound: PolicySnapshot | None = None  # the newest policy whose rollout KL was inside kl_bound
     stopped_at_kl_bound: dict[str, Any] | None = None
@@ -667,6 +673,9 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             "generated_tokens": int(rollout.response_lengths.sum()),
         }
         history.append(record)
+        scalars.log({name: value for name, value in record.items() if name != "step"}, record["step"], prefix="ppo/")
+        bar.update(1)
+        bar.set_postfix(rm_score=f"{record['rm_score']:.3f}", kl=f"{record['kl']:.3f}", refresh=False)
         logger.info(
             f"PPO step {step + 1}/{n_steps}: rm_score {record['rm_score']:.3f} kl {record['kl']:.3f} "
             f"len {record['response_length']:.1f} clip {record['clip_fraction']:.3f} ({record['step_seconds']:.1f}s)"
@@ -683,6 +692,7 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             })
         if on_step is not None and accelerator.is_main_process:
             on_step(record)
+    bar.close()
     train_seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:  # rank 0 evaluates and writes the artifact
@@ -700,7 +710,10 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         inside_bound.restore(policy)
         evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings,
                                                 device, max_prompt_tokens)
+    scalars.log(evaluation, len(history), prefix="eval/")  # the held-out SFT-vs-PPO evaluation, at the last step
+    scalars.close()
     output_dir = Path(output_dir)
+    publish_event_files(scratch, output_dir)
     save_models(policy, value_model, tokenizer, output_dir, settings.use_lora)
     with open(output_dir / PPO_METRICS_FILE, "w") as handle:
         for record in history:

@@ -30,6 +30,8 @@ PPO_METRICS_FILE = "ppo_train_metrics.jsonl"  # one line per PPO step
 PPO_SUMMARY_FILE = "ppo_summary.json"  # the SFT-vs-PPO evaluation on held-out prompts, and run totals
 PPO_CURVES_FILE = "training_curves.png"
 VALUE_MODEL_DIR = "value_model"  # ppo_policy: the value model, an HF directory inside the policy's
+# base_model (when pretrained here), sft_checkpoint, reward_model, ppo_policy: TensorBoard event files
+TENSORBOARD_DIR = "tensorboard"
 
 # base_probe
 PROBE_FILE = "generation_probe.jsonl"
@@ -62,6 +64,8 @@ CONFIG_KEY = "config"
 DVC_STAGE_KEY = "dvc_stage"
 DVC_OUT_KEY = "dvc_out"
 DVC_MD5_KEY = "dvc_md5"
+MLFLOW_RUN_ID_KEY = "mlflow_run_id"  # with MLFLOW_TRACKING_URI set: the MLflow run of this stage
+MLFLOW_EXPERIMENT_KEY = "mlflow_experiment"
 REUSED_FROM_RUN_KEY = "reused_from_run"  # on a reused materialization: the run that computed the artifact
 
 # data assets that drop eval leaks or duplicates: how many rows they removed, in all and by reason

@@ -11,6 +11,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -78,8 +79,15 @@ def pretrain(
     settings: PretrainSettings,
     device: torch.device,
     on_progress: Callable[[int, float], None] | None = None,
+    scratch: Path | None = None,
 ) -> list[float]:
-    """Plain next-token training on packed chunks of prose; returns the loss curve."""
+    """Plain next-token training on packed chunks of prose; returns the loss curve.
+
+    With `scratch`, the loss and learning rate of every step go to TensorBoard in `<scratch>/tensorboard/`.
+    """
+    from pipeline.training.progress import stage_progress
+    from pipeline.training.tensorboard_log import ScalarLog
+
     stream: list[int] = []
     for document in documents:
         stream.extend([tokenizer.bos_token_id, *tokenizer.encode(document, add_special_tokens=False), tokenizer.eos_token_id])
@@ -104,6 +112,8 @@ def pretrain(
     # On a GPU with bf16, mixed precision as in the trainers (fp32 weights and optimizer state).
     bf16_autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                    enabled=device.type == "cuda" and torch.cuda.is_bf16_supported())
+    scalars = ScalarLog(scratch) if scratch is not None else None
+    bar = stage_progress(settings.pretrain_steps, "base_model: pretraining")
     for step in range(settings.pretrain_steps):
         batch = data[torch.randint(0, n_chunks, (settings.pretrain_batch_size,), generator=generator)].to(device)
         with bf16_autocast:
@@ -111,11 +121,19 @@ def pretrain(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        learning_rate = scheduler.get_last_lr()[0]
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if scalars is not None:
+            scalars.log({"loss": losses[-1], "learning_rate": learning_rate}, step + 1, prefix="train/")
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         if on_progress is not None:
             on_progress(step, losses[-1])
+    bar.close()
+    if scalars is not None:
+        scalars.close()
     model.eval()
     return losses
 
@@ -123,15 +141,18 @@ def pretrain(
 def build_default_base_model(
     spec: TinyModelSpec, settings: PretrainSettings, device: torch.device,
     on_progress: Callable[[int, float], None] | None = None,
+    scratch: Path | None = None,
 ):
-    """Tokenizer + tiny Llama pretrained on generator prose. Returns (model, tokenizer, losses)."""
+    """Tokenizer + tiny Llama pretrained on generator prose. Returns (model, tokenizer, losses).
+
+    With `scratch`, the pretraining curves go to TensorBoard in `<scratch>/tensorboard/`."""
     from pipeline.data.generator import pretraining_text
 
     random.seed(settings.seed)
     documents = pretraining_text(settings.pretrain_documents, settings.seed)
     tokenizer = train_tokenizer(documents, spec.vocab_size)
     model = build_tiny_llama(tokenizer, spec, settings.seed)
-    losses = pretrain(model, tokenizer, documents, settings, device, on_progress)
+    losses = pretrain(model, tokenizer, documents, settings, device, on_progress, scratch)
     return model.cpu(), tokenizer, losses
 
 

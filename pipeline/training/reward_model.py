@@ -25,6 +25,8 @@ from pipeline.settings import RewardSettings
 from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
+from pipeline.training.progress import quiet_trainer, trainer_progress
+from pipeline.training.tensorboard_log import ScalarLog, publish_event_files, trainer_callback
 from pipeline.training.trainers import checkpoint_arguments, fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
@@ -172,8 +174,11 @@ def train_reward_model(
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=to_preference_dataset(tokenizer, train), processing_class=tokenizer,
-            callbacks=list(callbacks) or None,
+            # TensorBoard beside the checkpoints, as in SFT: a resumed run continues the curves.
+            callbacks=[trainer_callback(Path(scratch), checkpoints.resume_step if checkpoints else 0),
+                       trainer_progress("reward_model: Bradley-Terry training"), *callbacks],
         )
+        quiet_trainer(trainer)
         resume_from = checkpoints.resume_from if checkpoints else None
         if resume_from is not None:
             logger.info(f"the reward model resumes from {resume_from}")
@@ -182,10 +187,13 @@ def train_reward_model(
             {"step": log["step"], "loss": log["loss"], "accuracy": log.get("accuracy")}
             for log in trainer.state.log_history if "loss" in log
         ]
-    model = save_trained_model(trainer, tokenizer, output_dir)
-    if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
-        return {}
-    metrics = evaluate_reward_model(model, tokenizer, held_out or train, settings)
+        model = save_trained_model(trainer, tokenizer, output_dir)
+        if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
+            return {}
+        metrics = evaluate_reward_model(model, tokenizer, held_out or train, settings)
+        with ScalarLog(Path(scratch)) as scalars:  # the held-out evaluation, at the last step
+            scalars.log(metrics, trainer.state.global_step, prefix="eval/")
+        publish_event_files(Path(scratch), output_dir)
     metrics.update({
         "train_loss": result.training_loss,
         "n_train": len(train),

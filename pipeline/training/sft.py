@@ -17,6 +17,8 @@ from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.curves import SFT_PANELS, plot_training_curves
 from pipeline.training.generation import generate
+from pipeline.training.progress import quiet_trainer, trainer_progress
+from pipeline.training.tensorboard_log import ScalarLog, publish_event_files, trainer_callback
 from pipeline.training.trainers import checkpoint_arguments, fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ def train_sft(
     """Fine-tune the base checkpoint; save model and tokenizer to `output_dir`; return the metrics.
 
     With `checkpoints`, the trainer saves there every `checkpoint_every_steps` steps and resumes
-    from `checkpoints.resume_from` (a run that was killed); without, it keeps nothing.
+    from `checkpoints.resume_from` (a run that was killed); without, it keeps nothing. The curves go
+    to TensorBoard beside the checkpoints (a resumed run continues them) and then into `output_dir`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -77,17 +80,19 @@ def train_sft(
     settings = fit_to_context_window(settings, model.config)
     train, held_out = split_held_out(records, settings.held_out_fraction, settings.seed)
     scratch_dir = nullcontext(str(checkpoints.directory)) if checkpoints else tempfile.TemporaryDirectory(prefix="sft-trainer-")
+    resume_from = checkpoints.resume_from if checkpoints else None
     with scratch_dir as scratch:
+        tensorboard = trainer_callback(Path(scratch), checkpoints.resume_step if checkpoints else 0)
         trainer = SFTTrainer(
             model=model,
             args=sft_config(settings, scratch, has_eval=bool(held_out), save_checkpoints=checkpoints is not None),
             train_dataset=to_prompt_completion(tokenizer, train, settings.assistant_turns),
             eval_dataset=to_prompt_completion(tokenizer, held_out, settings.assistant_turns) if held_out else None,
             processing_class=tokenizer,
-            callbacks=list(callbacks) or None,
+            callbacks=[tensorboard, trainer_progress("sft_checkpoint: SFT"), *callbacks],
         )
+        quiet_trainer(trainer)
         held_out_loss_before = trainer.evaluate()["eval_loss"] if held_out else None
-        resume_from = checkpoints.resume_from if checkpoints else None
         if resume_from is not None:
             logger.info(f"SFT resumes from {resume_from}")
         started = time.monotonic()
@@ -100,15 +105,22 @@ def train_sft(
         held_out_curve = [
             {"step": log["step"], "held_out_loss": log["eval_loss"]} for log in trainer.state.log_history if "eval_loss" in log
         ]
-    model = save_trained_model(trainer, tokenizer, output_dir)
-    if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
-        return {}
+        model = save_trained_model(trainer, tokenizer, output_dir)
+        if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
+            return {}
 
-    samples = generate(
-        model, tokenizer, [r["prompt"] for r in (held_out or train)[: settings.n_format_samples]],
-        max_new_tokens=settings.max_new_tokens,
-    )
-    well_formatted = sum(g.well_formatted for g in samples)
+        samples = generate(
+            model, tokenizer, [r["prompt"] for r in (held_out or train)[: settings.n_format_samples]],
+            max_new_tokens=settings.max_new_tokens,
+        )
+        rates = {
+            "format_adherence": sum(g.well_formatted for g in samples) / len(samples),
+            "ends_with_eos_rate": sum(g.ended_with_eos for g in samples) / len(samples),
+            "role_marker_echo_rate": sum(g.echoed_role_marker for g in samples) / len(samples),
+        }
+        with ScalarLog(Path(scratch)) as scalars:  # the end-of-training evaluation, at the last step
+            scalars.log(rates, trainer.state.global_step, prefix="eval/")
+        publish_event_files(Path(scratch), output_dir)
     return {
         "train_loss": result.training_loss,
         "held_out_loss_before": held_out_loss_before,
@@ -119,9 +131,7 @@ def train_sft(
         "total_steps": trainer.state.max_steps,
         "resumed_from_step": checkpoints.resume_step if checkpoints else 0,
         "train_seconds_this_run": train_seconds,
-        "format_adherence": well_formatted / len(samples),
-        "ends_with_eos_rate": sum(g.ended_with_eos for g in samples) / len(samples),
-        "role_marker_echo_rate": sum(g.echoed_role_marker for g in samples) / len(samples),
+        **rates,
         "loss_curve": loss_curve,
         "held_out_loss_curve": held_out_curve,
         "samples": [

@@ -31,8 +31,11 @@ def fit_to_context_window(settings: Settings, model_config) -> Settings:
 
 
 def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -> dict[str, Any]:
-    """The arguments both trainers take from their settings: a cosine schedule with warmup, a log line
-    every 5 steps, no evaluation or reporting inside the trainer, and the device's precision."""
+    """The arguments both trainers take from their settings: a cosine schedule with warmup, the loss and
+    learning rate logged at every step (the TensorBoard curves, `sft_eval.json`'s loss curve), no
+    evaluation or reporting inside the trainer, and the device's precision. The
+    Trainer's own progress bars are off: each stage draws one (`pipeline.training.progress`), and its
+    curves go to TensorBoard through the callback of `pipeline.training.tensorboard_log`."""
     choice = select_device(settings.device)
     return {
         "output_dir": output_dir,
@@ -42,9 +45,10 @@ def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -
         "max_length": settings.max_length,
         "warmup_steps": settings.warmup_ratio,
         "lr_scheduler_type": "cosine",
-        "logging_steps": 5,
+        "logging_steps": 1,
         "eval_strategy": "no",
         "report_to": "none",
+        "disable_tqdm": True,
         "seed": settings.seed,
         "use_cpu": choice.device.type == "cpu",
         "bf16": choice.use_bf16,
