@@ -10,10 +10,10 @@ from pipeline.data.records import load_data
 from pipeline.evaluation.markdown import markdown_table
 from pipeline.orchestration.execution import gpu_op_tags
 from pipeline.orchestration.incremental import reuse_if_unchanged
-from pipeline.orchestration.launchers import PIPES_CLIENT_KEY
+from pipeline.orchestration.launchers import PIPES_CLIENT_KEY, launcher_label, train_with_launcher
 from pipeline.orchestration.model_card import write_model_card
 from pipeline.orchestration.outputs import artifact_output, record_in_dvc
-from pipeline.orchestration.resources import ArtifactStoreResource
+from pipeline.orchestration.resources import PIPES_SUBPROCESS_CLIENT, ArtifactStoreResource
 from pipeline.settings import LaunchSettings, SftSettings, settings_from
 from pipeline.storage.contract import SFT_CURVES_FILE, SFT_EVAL_FILE
 from quality_gates.refusal import refuse_if_input_gates_failed
@@ -24,7 +24,7 @@ class SftConfig(dg.Config, SftSettings, LaunchSettings):
 
 
 @dg.asset(group_name="models", code_version="1", pool="gpu", op_tags=gpu_op_tags(), kinds={"pytorch"},
-          resource_defs={PIPES_CLIENT_KEY: dg.PipesSubprocessClient()})
+          resource_defs={PIPES_CLIENT_KEY: PIPES_SUBPROCESS_CLIENT})
 def sft_checkpoint(
     context: dg.AssetExecutionContext,
     config: SftConfig,
@@ -49,15 +49,11 @@ def sft_checkpoint(
     with training_scratch(store, "sft_checkpoint", key) as checkpoints, store.stage("sft_checkpoint") as staged:
         if checkpoints.resume_from is not None:
             context.log.info(f"resuming SFT from {checkpoints.resume_from} (a previous run was interrupted)")
-        if launch.launcher == "accelerate":  # N GPUs (DDP / DeepSpeed / FSDP) through Dagster Pipes
-            from pipeline.orchestration.launchers import run_under_accelerate
-
-            metrics = run_under_accelerate(
-                context, pipes_subprocess_client, "sft_checkpoint", {"base_model": base_model, "checkpoints": checkpoints},
-                records, staged.path, settings, launch,
-            )
-        else:
-            metrics = train_sft(base_model, records, staged.path, settings, checkpoints)
+        metrics = train_with_launcher(  # in this step, or on N GPUs (DDP / DeepSpeed / FSDP) through Dagster Pipes
+            context, pipes_subprocess_client, "sft_checkpoint", launch,
+            lambda: train_sft(base_model, records, staged.path, settings, checkpoints),
+            {"base_model": base_model, "checkpoints": checkpoints}, records, staged.path, settings,
+        )
         (staged.path / SFT_EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         has_curves = plot_loss_curves(metrics, staged.path / SFT_CURVES_FILE)
         write_model_card(context, staged.path)
@@ -70,7 +66,7 @@ def sft_checkpoint(
         "n_held_out": metrics["n_held_out"],
         "total_steps": metrics["total_steps"],
         "resumed_from_step": metrics["resumed_from_step"],
-        "launcher": launch.launcher if launch.launcher == "in_process" else f"accelerate x{launch.num_processes} ({launch.distributed})",
+        "launcher": launcher_label(launch),
         "samples": dg.MetadataValue.md(markdown_table(metrics["samples"], max_chars=200)),
         **({"loss_curves": dg.MetadataValue.path(str(staged.path / SFT_CURVES_FILE))} if has_curves else {}),
     })

@@ -51,7 +51,8 @@ def run_ours(job: dict) -> dict:
         adam_epsilon=TRL_ADAM_EPSILON,  # the same optimizer as TRL's: HF Trainer's AdamW, eps 1e-8, no weight decay
         max_new_tokens=job["response_length"],
         temperature=job["temperature"], kl_coef=job["kl_coef"], missing_eos_penalty=job["missing_eos_penalty"],
-        checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device="cpu", cpu_threads=job["threads"],
+        checkpoint_every=0, n_eval_prompts=0, n_eval_samples=1, seed=job["seed"], device=job.get("device", "cpu"),
+        cpu_threads=job["threads"],
     )
     peak = {}
 
@@ -65,7 +66,10 @@ def run_ours(job: dict) -> dict:
 def run_trl(job: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    import torch
     from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    on_gpu = job.get("device", "cpu") != "cpu"
 
     tokenizer = AutoTokenizer.from_pretrained(job["sft"], padding_side="left")
     policy = AutoModelForCausalLM.from_pretrained(job["sft"])
@@ -90,9 +94,9 @@ def run_trl(job: dict) -> dict:
             missing_eos_penalty=job["missing_eos_penalty"],
             stop_token="eos",
             num_sample_generations=0,
-            bf16=False,
+            bf16=on_gpu and torch.cuda.is_bf16_supported(),  # as ours: bf16 on a GPU that has it, else fp32
             gradient_checkpointing=False,
-            use_cpu=True,
+            use_cpu=not on_gpu,
             report_to="none",
             save_strategy="no",
             logging_steps=1,
@@ -116,6 +120,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_gpu_gib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
 def worker_main(job_file: str) -> None:
     import torch
 
@@ -124,6 +134,7 @@ def worker_main(job_file: str) -> None:
     torch.manual_seed(job["seed"])
     result = run_ours(job) if job["trainer"] == "ours" else run_trl(job)
     result["episodes_per_second"] = job["episodes"] / result["train_seconds"]
+    result["peak_gpu_gib"] = peak_gpu_gib()
     Path(job["result"]).write_text(json.dumps(result))
 
 
@@ -152,7 +163,7 @@ def latest_artifact(root: Path, asset: str) -> Path:
     return candidates[-1]
 
 
-def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list[str], args) -> dict[str, float]:
+def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list[str], args, device: str = "cpu") -> dict[str, float]:
     """On the held-out prompts, with answers sampled at the training temperature by the same code for
     both trainers: the mean RM score of the policy minus the SFT model's, and the policy's KL to SFT
     (`pipeline.ppo.rollout.sequence_kl`, the same measurement as PPO's summary and the evaluation report)."""
@@ -164,17 +175,17 @@ def evaluate_policy(policy_dir: Path, sft_dir: Path, rm_dir: Path, prompts: list
     )
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).eval()
-    sft = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1).to(device).eval()
+    sft = AutoModelForCausalLM.from_pretrained(sft_dir).to(device).eval()
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir).to(device).eval()
     repeated = [p for p in prompts for _ in range(args.eval_samples)]
     scores: dict[str, list[float]] = {"policy": [], "sft": []}
     kls: list[float] = []
     with torch.inference_mode():
         for start in range(0, len(repeated), 64):
-            batch = encode_prompts(tokenizer, repeated[start : start + 64], torch.device("cpu"))
+            batch = encode_prompts(tokenizer, repeated[start : start + 64], torch.device(device))
             for name, model in (("policy", policy), ("sft", sft)):
-                generator = torch.Generator().manual_seed(1234 + start)
+                generator = torch.Generator(device=device).manual_seed(1234 + start)
                 rollout = sample_responses(model, batch, args.response_length, args.temperature,
                                            tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
                 packed = pack_rollout(rollout)

@@ -118,14 +118,18 @@ class SftSettings(BaseModel):
         "all", description="conversational records (`messages`): train on every assistant turn, or the last only"
     )
     checkpoint_every_steps: int = Field(
-        50, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir)"
+        20, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir); "
+        "20 of the default's 204 steps, so a run killed halfway keeps 100 of them"
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
 
 class LaunchSettings(BaseModel):
-    """How a training asset runs its trainer (`pipeline.orchestration.launchers`); `sft_checkpoint`'s config extends this."""
+    """How a training asset runs its trainer (`pipeline.orchestration.launchers`).
+
+    `sft_checkpoint`, `reward_model` and `ppo_policy` all extend it: one launcher serves the three.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -158,6 +162,10 @@ class RewardSettings(BaseModel):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     center_rewards_coefficient: float = Field(0.01, ge=0, description="keeps rewards centred on zero")
     calibration_bins: int = Field(5, gt=0)
+    checkpoint_every_steps: int = Field(
+        5, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir); "
+        "5 of the default's 44 steps, so a run killed halfway keeps 20 of them"
+    )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
 
@@ -211,7 +219,14 @@ class PpoSettings(BaseModel):
     use_lora: bool = Field(False, description="train a LoRA adapter; the reference is the base with the adapter off")
     lora_rank: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
-    checkpoint_every: int = Field(5, ge=0, description="save a resumable checkpoint every N steps (0 = never)")
+    checkpoint_every: int = Field(
+        2, ge=0, description="save a resumable checkpoint every N steps (0 = never); 2 of the default's 8 steps, so a "
+        "run killed halfway keeps 4 of them"
+    )
+    offload_frozen_models: bool = Field(
+        False, description="keep the reference and reward models on the CPU between uses (moved to the device for "
+        "each rollout's scoring): frees GPU memory for the policy and value model at the cost of two copies per step"
+    )
     n_eval_prompts: int = Field(16, ge=0, description="held-out prompts (the tail of ppo_prompts) for the SFT-vs-PPO evaluation")
     n_eval_samples: int = Field(8, gt=0, description="sampled answers per held-out prompt")
     cpu_threads: int | None = Field(

@@ -1,4 +1,4 @@
-"""Crash safety: a job killed with SIGKILL mid-training leaves every earlier artifact as it was, records
+"""Crash safety: a job killed with SIGKILL mid-training (SFT, the reward model, PPO in one process and on two) leaves every earlier artifact as it was, records
 no materialization of the half-trained asset, and the next run resumes from the last checkpoint.
 
 The job (`rlhf_pipeline`, the part of it up to the asset under test) runs in a subprocess on a
@@ -32,14 +32,17 @@ TINY_BASE = {"pretrain_steps": 0, "hidden_size": 32, "num_layers": 1, "num_heads
 
 
 def kill_test_run_config() -> dict:
-    """The tiny profile (its reward model passes the gates that guard PPO) with an SFT of about 60 steps
-    (a checkpoint every 5) and a PPO of 12 steps (a checkpoint every 2), so both can be killed midway."""
+    """The tiny profile (its reward model passes the gates that guard PPO) with an SFT of about 60 steps and a
+    reward model of about 90 (a checkpoint every 5), and a PPO of 12 steps (a checkpoint every 2) on two
+    processes under `accelerate launch` (DDP over gloo), so that each can be killed midway."""
     config = yaml.safe_load((REPO_ROOT / "pipeline" / "profiles" / "tiny.yaml").read_text())
     ops = config["ops"]
     ops["sft_checkpoint"]["config"].update({"epochs": 4, "batch_size": 4, "checkpoint_every_steps": 5})
-    ops["ppo_policy"]["config"].update(
-        {"total_episodes": 48, "batch_size": 4, "minibatch_size": 4, "checkpoint_every": 2, "n_eval_prompts": 2}
-    )
+    ops["reward_model"]["config"].update({"epochs": 6, "batch_size": 4, "checkpoint_every_steps": 5})
+    ops["ppo_policy"]["config"].update({
+        "total_episodes": 48, "batch_size": 4, "minibatch_size": 4, "checkpoint_every": 2, "n_eval_prompts": 2,
+        "launcher": "accelerate", "num_processes": 2, "distributed": "ddp",
+    })
     ops.pop("base_probe", None)  # not upstream of PPO
     return config
 
@@ -138,10 +141,39 @@ def assert_killed_cleanly(home: Path, root: Path, killed: str, upstream) -> dict
     return {asset: materializations(home, asset) for asset in upstream}
 
 
+def steps_kept_by_a_kill_halfway(n_steps: int, every: int) -> int:
+    """Steps saved in the newest checkpoint when a run of `n_steps` is killed after n_steps / 2 of them."""
+    return (n_steps // 2) // every * every
+
+
+def test_default_checkpoint_cadences_keep_at_least_40_percent_of_a_run_killed_halfway():
+    import math
+
+    from assets.data import PreferenceDataConfig, SftDataConfig
+    from pipeline.data.records import split_held_out
+    from pipeline.settings import PpoSettings, RewardSettings, SftSettings
+
+    def trainer_steps(n_records: int, held_out_fraction: float, batch_size: int, epochs: float) -> int:
+        train, _ = split_held_out([{}] * n_records, held_out_fraction, 0)
+        return math.ceil(math.ceil(len(train) / batch_size) * epochs)
+
+    sft, rm, ppo = SftSettings(), RewardSettings(), PpoSettings()
+    steps = {  # the default profile: the stages' default settings on the data assets' default sizes
+        "sft_checkpoint": (trainer_steps(SftDataConfig().n_records, sft.held_out_fraction, sft.batch_size, sft.epochs),
+                           sft.checkpoint_every_steps),
+        "reward_model": (trainer_steps(PreferenceDataConfig().n_records, rm.held_out_fraction, rm.batch_size, rm.epochs),
+                         rm.checkpoint_every_steps),
+        "ppo_policy": (ppo.total_episodes // ppo.batch_size, ppo.checkpoint_every),
+    }
+    assert steps["sft_checkpoint"][0] == 204 and steps["reward_model"][0] == 44 and steps["ppo_policy"][0] == 8
+    for stage, (n_steps, every) in steps.items():
+        assert steps_kept_by_a_kill_halfway(n_steps, every) >= 0.4 * n_steps, stage
+
+
 @pytest.mark.slow
-def test_sigkill_during_sft_and_during_ppo_then_each_rerun_resumes(tmp_path):
-    """Run 1 is killed mid-SFT; run 2 (the same job) resumes SFT, trains the RM and is killed mid-PPO;
-    run 3 resumes PPO and finishes."""
+def test_sigkill_during_sft_the_reward_model_and_distributed_ppo_then_each_rerun_resumes(tmp_path):
+    """Run 1 is killed mid-SFT; run 2 (the same job) resumes SFT and is killed mid-RM; run 3 resumes the RM and
+    is killed mid-PPO on two processes; run 4 resumes PPO there and finishes."""
     env = job_environment(tmp_path)
     home, root = Path(env["DAGSTER_HOME"]), Path(env["RLHF_ARTIFACTS_ROOT"])
     config_path = tmp_path / "run_config.yaml"
@@ -156,12 +188,11 @@ def test_sigkill_during_sft_and_during_ppo_then_each_rerun_resumes(tmp_path):
     before_sft = assert_killed_cleanly(home, root, "sft_checkpoint", ("base_model", "sft_data"))
     assert list((root / "sft_checkpoint").glob(f"{STAGING_PREFIX}*")), "the killed run's staging dir is left (and swept later)"
 
-    # Run 2: the same job again; killed once PPO has a checkpoint at step 4 or later.
+    # Run 2: the same job again; killed once the reward model has a checkpoint at step 20 or later.
     process = start_job(env, config_path, targets, log_path)
-    kill_when(process, lambda: newest_complete_checkpoint(root, "ppo_policy") >= 4, "PPO checkpoint at step 4", log_path)
-    ppo_killed_at = newest_complete_checkpoint(root, "ppo_policy")
-    upstream_of_ppo = ("base_model", "sft_data", "preference_data", "ppo_prompts", "sft_checkpoint", "reward_model")
-    before_ppo = assert_killed_cleanly(home, root, "ppo_policy", upstream_of_ppo)
+    kill_when(process, lambda: newest_complete_checkpoint(root, "reward_model") >= 20, "RM checkpoint at step 20", log_path)
+    rm_killed_at = newest_complete_checkpoint(root, "reward_model")
+    assert_killed_cleanly(home, root, "reward_model", ("base_model", "sft_data", "preference_data", "sft_checkpoint"))
 
     (sft,) = materializations(home, "sft_checkpoint")
     sft_resumed, sft_total = sft["metadata"]["resumed_from_step"], sft["metadata"]["total_steps"]
@@ -178,14 +209,35 @@ def test_sigkill_during_sft_and_during_ppo_then_each_rerun_resumes(tmp_path):
     assert not [p for p in (root / "sft_checkpoint" / CHECKPOINTS_DIR).iterdir() if p.is_dir()], \
         "SFT checkpoints are removed after success"
 
-    # Run 3: resumes PPO.
+    # Run 3: resumes the reward model; killed once PPO, on two processes, has a checkpoint at step 4 or later.
+    process = start_job(env, config_path, targets, log_path)
+    kill_when(process, lambda: newest_complete_checkpoint(root, "ppo_policy") >= 4, "PPO checkpoint at step 4", log_path)
+    ppo_killed_at = newest_complete_checkpoint(root, "ppo_policy")
+    time.sleep(3)
+    assert newest_complete_checkpoint(root, "ppo_policy") == ppo_killed_at, "no rank outlives the killed job"
+    upstream_of_ppo = ("base_model", "sft_data", "preference_data", "ppo_prompts", "sft_checkpoint", "reward_model")
+    before_ppo = assert_killed_cleanly(home, root, "ppo_policy", upstream_of_ppo)
+    (rm,) = materializations(home, "reward_model")
+    rm_resumed, rm_total = rm["metadata"]["resumed_from_step"], rm["metadata"]["total_steps"]
+    assert rm_killed_at <= rm_resumed < rm_total, "run 3 resumes the reward model from the newest checkpoint"
+    rm_eval = json.loads((rm["path"] / "rm_eval.json").read_text())
+    assert rm_eval["resumed_from_step"] == rm_resumed and rm_eval["loss_curve"][0]["step"] <= 5
+    assert not [p for p in (root / "reward_model" / CHECKPOINTS_DIR).iterdir() if p.is_dir()], \
+        "RM checkpoints are removed after success"
+
+    # Run 4: resumes PPO on two processes.
     started = time.monotonic()
     run_job(env, config_path, targets, log_path)
     rerun_seconds = time.monotonic() - started
     (ppo,) = materializations(home, "ppo_policy")
+    assert ppo["metadata"]["launcher"] == "accelerate x2 (ddp)"
     ppo_resumed = ppo["metadata"]["resumed_from_step"]
-    ppo_total = json.loads((ppo["path"] / "ppo_summary.json").read_text())["n_steps"]
-    assert ppo_killed_at <= ppo_resumed < ppo_total, "run 3 resumes PPO from the newest checkpoint, not from step 0"
+    summary = json.loads((ppo["path"] / "ppo_summary.json").read_text())
+    ppo_total = summary["n_steps"]
+    assert ppo_resumed == ppo_killed_at < ppo_total == 12, "run 4 resumes PPO from the newest checkpoint, not from step 0"
+    assert summary["num_processes"] == 2
+    steps = [json.loads(line)["step"] for line in (ppo["path"] / "ppo_train_metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)), "the metrics keep the steps trained before the kill, each once"
     for asset, records in before_ppo.items():
         assert materializations(home, asset)[0] == records[0], f"{asset}'s first materialization is unchanged"
     assert_every_materialization_points_to_its_complete_artifact(home, (*upstream_of_ppo, "ppo_policy"))
@@ -196,5 +248,6 @@ def test_sigkill_during_sft_and_during_ppo_then_each_rerun_resumes(tmp_path):
     print(f"\nSFT resume: killed after step {sft_killed_at}, resumed from step {sft_resumed} of {sft_total} "
           f"({sft_resumed / sft_total:.0%} of SFT skipped, about {sft_resumed * seconds_per_sft_step:.1f}s of "
           f"{sft_total * seconds_per_sft_step:.1f}s)")
-    print(f"PPO resume: killed after step {ppo_killed_at}, resumed from step {ppo_resumed} of {ppo_total} "
-          f"({ppo_resumed / ppo_total:.0%} of PPO steps skipped); run 3 took {rerun_seconds:.1f}s")
+    print(f"RM resume: killed after step {rm_killed_at}, resumed from step {rm_resumed} of {rm_total}")
+    print(f"PPO resume (2 processes): killed after step {ppo_killed_at}, resumed from step {ppo_resumed} of {ppo_total} "
+          f"({ppo_resumed / ppo_total:.0%} of PPO steps skipped); run 4 took {rerun_seconds:.1f}s")

@@ -76,3 +76,39 @@ def test_benchmark_runs_reduced_on_the_cpu(tmp_path, tiny_run_config):
     written = json.loads(next((tmp_path / "out").glob("gpu_profile-*.json")).read_text())
     assert written["stages"] == result["stages"]
     assert not list((tmp_path / "out").glob("gpu-profile-*")), "the run's artifacts are removed"
+
+
+def test_eight_minute_profile_is_valid_and_builds_a_model_of_about_100m():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.definitions import defs
+    from pipeline.settings import TinyModelSpec
+
+    benchmark = _benchmark_module()
+    profile = yaml.safe_load(benchmark.EIGHT_MINUTE_PROFILE.read_text())
+    assert dg.validate_run_config(defs.resolve_job_def("rlhf_pipeline"), profile)
+    config = profile["ops"]["base_model"]["config"]
+    spec = TinyModelSpec(**{k: v for k, v in config.items() if k in TinyModelSpec.model_fields})
+    for vocab in (4096, spec.vocab_size):
+        llama = LlamaConfig(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                            num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_position_embeddings,
+                            tie_word_embeddings=True)
+        with torch.device("meta"):
+            n_parameters = sum(p.numel() for p in LlamaForCausalLM(llama).parameters())
+        assert 80e6 <= n_parameters <= 120e6, n_parameters
+
+
+def test_eight_minute_report_has_the_trl_comparison_and_the_budget(tmp_path):
+    benchmark = _benchmark_module()
+    skipped = benchmark.ppo_against_trl(None, {}, tmp_path / "no-such-python", 64, tmp_path)
+    assert "no TRL 1.12 environment" in skipped["skipped"]
+    run = {"episodes_per_second": 10.0, "peak_gpu_gib": 3.5, "rm_score_gain": 0.4, "kl_to_sft": 2.0}
+    report = benchmark.markdown_report({
+        "device": "NVIDIA H200", "profile": "gpu_8min.yaml", "timestamp": "t", "torch": "x",
+        "stages": [{"stage": "ppo_policy", "seconds": 60.0, "peak_gpu_gib": 12.0}],
+        "ppo_vs_trl": {"episodes": 256, "batch_size": 64, "response_length": 128, "episodes_per_second_ratio": 2.0,
+                       "runs": {"ours": run, "trl": {**run, "episodes_per_second": 5.0}}},
+        "wall_seconds": 470.0, "budget_seconds": 480,
+    })
+    assert "| ours / TRL | 2.00x |" in report and "within the 480 s budget" in report

@@ -96,7 +96,7 @@ def test_policy_lineage_names_the_reward_model_it_was_trained_with(tmp_path, mon
         assert sft_first.run_id == sft_second.run_id == first_run
         for node in (rm_first, rm_second, first, second):
             assert node.artifact_exists and content_hash(Path(node.artifact_path)) == node.content_hash
-            assert node.git_commit and node.code_version == "1"
+            assert node.git_commit and node.code_version == defs.resolve_assets_def(node.asset).code_versions_by_key[dg.AssetKey(node.asset)]
 
         # The reward model's card names the SFT checkpoint and preference data it was trained from.
         card = (Path(rm_second.artifact_path) / MODEL_CARD_FILE).read_text()

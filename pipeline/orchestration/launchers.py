@@ -8,13 +8,17 @@ only the training call moves into processes that `accelerate launch` starts, one
           ◄── logs, progress, metrics ── rank 0 (dagster_pipes)
 
 `spec.json` names the stage, its inputs, the staging directory to write the model into and the
-settings. Every rank trains; rank 0 writes the model (gathered from ZeRO-3 / FSDP shards),
-evaluates it, streams progress to the Dagster event log and reports the metrics dict back as a
-Pipes custom message, which the asset turns into `*_eval.json` and metadata exactly as it does
-for in-process training.
+settings. Every rank trains; rank 0 alone writes the model (gathered from ZeRO-3 / FSDP shards),
+checkpoints and event logs, evaluates, streams progress to the Dagster event log and reports the
+metrics dict back as a Pipes custom message, which the asset turns into its `*_eval.json` /
+summary and metadata exactly as it does for in-process training.
 
-Config switch (on `sft_checkpoint`): `launcher: accelerate`, `num_processes: N`,
+One implementation for the three training assets (`sft_checkpoint`, `reward_model`, `ppo_policy`):
+each calls `train_with_launcher` with its in-process training call, and its config extends
+`LaunchSettings`: `launcher: accelerate`, `num_processes: N`,
 `distributed: ddp | deepspeed_zero2 | deepspeed_zero3 | fsdp` (or `accelerate_config_file`).
+On a machine without GPUs, N processes run on the CPU with the gloo backend (how the tests run DDP).
+PPO runs DDP only (`STAGE_STRATEGIES`): its sampling needs whole policy weights on every rank.
 DeepSpeed is not a dependency of the CPU install: add `deepspeed` to the GPU image; DDP and FSDP need only torch.
 """
 
@@ -26,6 +30,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -55,7 +60,8 @@ def accelerate_config(settings: LaunchSettings, use_cpu: bool, mixed_precision: 
         "downcast_bf16": "no",
         "distributed_type": "NO",
     }
-    if use_cpu:
+    if use_cpu:  # gloo: DDP is the only CPU strategy (ZeRO and FSDP shard GPU memory)
+        config["distributed_type"] = "MULTI_CPU" if settings.num_processes > 1 else "NO"
         return config
     if settings.distributed == "ddp":
         config["distributed_type"] = "MULTI_GPU" if settings.num_processes > 1 else "NO"
@@ -92,19 +98,39 @@ def launch_command(spec_path: Path, settings: LaunchSettings, config_path: Path,
     """`accelerate launch` (from this interpreter's environment) of the worker module on the spec."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path),
                "--num_processes", str(settings.num_processes)]
-    if use_cpu:
+    if use_cpu and settings.num_processes > 1:
+        # `--cpu` starts one process whatever num_processes says; accelerate's torchrun launcher (named
+        # multi_gpu) starts N, which run on the CPU with gloo given ACCELERATE_USE_CPU (`launch_environment`).
+        command.append("--multi_gpu")
+    elif use_cpu:
         command.append("--cpu")
     if settings.main_process_port:
         command += ["--main_process_port", str(settings.main_process_port)]
     return command + ["-m", WORKER_MODULE, str(spec_path)]
 
 
-def check_launch(settings: LaunchSettings, use_cpu: bool) -> None:
+def launch_environment(use_cpu: bool) -> dict[str, str]:
+    """Environment of the launched processes (on top of the step's)."""
+    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return env
+
+
+# Stages whose training supports only some strategies: PPO samples from the plain policy on every rank,
+# which needs whole weights there (ZeRO-3 / FSDP generation would have to gather them; not built yet).
+STAGE_STRATEGIES: dict[str, tuple[str, ...]] = {"ppo_policy": ("ddp",)}
+
+
+def check_launch(settings: LaunchSettings, use_cpu: bool, stage: str | None = None) -> None:
     """Refuse launches that cannot work, before any process starts."""
-    if use_cpu and settings.num_processes > 1:
+    supported = STAGE_STRATEGIES.get(stage or "")
+    if supported and settings.distributed not in supported and not settings.accelerate_config_file:
+        raise ValueError(f"{stage} runs with distributed: {' | '.join(supported)}, not {settings.distributed}")
+    if use_cpu and settings.num_processes > 1 and settings.distributed != "ddp" and not settings.accelerate_config_file:
         raise ValueError(
-            f"num_processes={settings.num_processes} needs one GPU per process, but training runs on the CPU; "
-            "use num_processes: 1 (or attach GPUs)"
+            f"distributed={settings.distributed} shards GPU memory, but training runs on the CPU; "
+            "use distributed: ddp (gloo) there, or attach GPUs"
         )
     if not use_cpu:
         import torch
@@ -114,6 +140,32 @@ def check_launch(settings: LaunchSettings, use_cpu: bool) -> None:
             raise ValueError(f"num_processes={settings.num_processes} but only {visible} GPU(s) are visible to this step")
     if settings.accelerate_config_file and not Path(settings.accelerate_config_file).is_file():
         raise ValueError(f"accelerate_config_file {settings.accelerate_config_file!r} does not exist")
+
+
+def launcher_label(launch: LaunchSettings) -> str:
+    """The `launcher` metadata value: how a training asset ran ("in_process", "accelerate x2 (ddp)")."""
+    if launch.launcher == "in_process":
+        return "in_process"
+    how = "own config" if launch.accelerate_config_file else launch.distributed
+    return f"accelerate x{launch.num_processes} ({how})"
+
+
+def train_with_launcher(
+    context,
+    pipes_client,
+    stage: str,
+    launch: LaunchSettings,
+    train_in_process: Callable[[], dict[str, Any]],
+    inputs: dict[str, Any],
+    records: list[dict[str, Any]],
+    output_dir: Path,
+    settings: BaseModel,
+) -> dict[str, Any]:
+    """A training asset's one call: `train_in_process()` in this step, or the same training under
+    `accelerate launch` (the worker calls the same library function from `inputs`, `records` and `settings`)."""
+    if launch.launcher == "in_process":
+        return train_in_process()
+    return run_under_accelerate(context, pipes_client, stage, inputs, records, output_dir, settings, launch)
 
 
 def run_under_accelerate(
@@ -137,7 +189,7 @@ def run_under_accelerate(
 
     # Not select_device: this process must not claim a GPU of its own, the launched ranks use them all.
     use_cpu = getattr(settings, "device", "auto") == "cpu" or not torch.cuda.is_available()
-    check_launch(launch, use_cpu)
+    check_launch(launch, use_cpu, stage)
     if use_cpu:
         settings = settings.model_copy(update={"device": "cpu"})
     mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
@@ -161,7 +213,7 @@ def run_under_accelerate(
         command = launch_command(spec_path, launch, config_path, use_cpu)
         context.log.info(f"{stage}: {launch.num_processes} process(es), {launch.distributed}: {shlex.join(command)}")
         invocation = pipes_client.run(
-            command=command, context=context, env={"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            command=command, context=context, env=launch_environment(use_cpu),
         )
     reports = [
         message["metrics"] for message in invocation.get_custom_messages()

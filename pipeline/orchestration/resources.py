@@ -34,3 +34,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Path:
         return latest_artifact(context.instance, context.asset_key)
+
+
+# The training assets' Pipes client for `accelerate launch` (`pipeline.orchestration.launchers`): one
+# resource definition, because a job's assets must share a resource key's definition by reference (and
+# Dagster would wrap a bare client in a new definition for each asset).
+PIPES_SUBPROCESS_CLIENT = dg.ResourceDefinition.hardcoded_resource(dg.PipesSubprocessClient())

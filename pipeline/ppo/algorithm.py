@@ -15,6 +15,17 @@ One PPO step (`train_ppo`, steps 1-5):
 Every forward pass after sampling reads only real tokens: the rollout's sequences are packed end to
 end without padding (`pipeline.training.packing`), so the losses are plain means over the flat vector of a
 minibatch's response tokens, while rewards, values and GAE keep the (batch, response column) layout.
+
+Under `accelerate launch` (N ranks, DDP) one step is the same computation as in one process:
+  - every rank takes its contiguous share of the step's global prompt batch (B/N prompts), samples
+    and scores it (steps 1-2): the costly part, split N ways;
+  - the per-row results (token ids, log-probs, scores, values: small next to the models) are
+    gathered, so steps 3-4 (KL, rewards, GAE, whitened advantages) run on the whole batch on every
+    rank: global statistics, and every rank takes the same KL-bound and beta decisions;
+  - each global minibatch of step 5 is split N ways; the packed forward passes go through the
+    DDP-wrapped modules, whose backward averages the gradients across ranks, and each rank's loss is
+    weighted by its share of the minibatch's tokens, so the average is the one-process loss's gradient;
+  - rank 0 alone writes checkpoints, metrics and the artifact.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import torch
 
 from pipeline.data.statistics import mean_or_nan
 from pipeline.ppo.rollout import (
+    Rollout,
     encode_prompts,
     pack_rollout,
     response_log_softmax,
@@ -168,6 +180,64 @@ class FixedKLController:
         pass
 
 
+# --- across ranks (accelerate launch; each is the identity in one process) ---------------------
+
+
+def rank_share(n_items: int, accelerator) -> slice:
+    """This rank's contiguous share of `n_items` (rank r of N: items [r*n/N, (r+1)*n/N))."""
+    per_rank = n_items // accelerator.num_processes
+    return slice(accelerator.process_index * per_rank, (accelerator.process_index + 1) * per_rank)
+
+
+def gather_rows(accelerator, tensor: torch.Tensor, pad_value: float | int = 0, pad_first: bool = False) -> torch.Tensor:
+    """Every rank's rows of a (rows, columns...) tensor, in rank order: widths padded to the widest rank's."""
+    if accelerator.num_processes == 1:
+        return tensor
+    if tensor.dim() > 1:
+        tensor = accelerator.pad_across_processes(tensor, dim=1, pad_index=pad_value, pad_first=pad_first)
+    return accelerator.gather(tensor.contiguous())
+
+
+def gather_rollout(accelerator, rollout: Rollout, pad_token_id: int) -> Rollout:
+    """The whole step's rollout on every rank: prompts left-padded and responses right-padded to common widths."""
+    return Rollout(
+        query_ids=gather_rows(accelerator, rollout.query_ids, pad_token_id, pad_first=True),
+        query_mask=gather_rows(accelerator, rollout.query_mask, 0, pad_first=True),
+        response_ids=gather_rows(accelerator, rollout.response_ids, pad_token_id),
+        response_mask=gather_rows(accelerator, rollout.response_mask, 0),
+        logprobs=gather_rows(accelerator, rollout.logprobs, 0.0),
+    )
+
+
+def token_share(n_local_tokens: int, accelerator) -> float:
+    """N * n_r / sum_r n_r: the weight that makes the ranks' averaged token-mean losses the token mean of the
+    whole minibatch (DDP averages gradients: 1/N sum_r (N n_r / n) L_r = sum_r n_r L_r / n). 1 in one process."""
+    if accelerator.num_processes == 1:
+        return 1.0
+    n_tokens = accelerator.reduce(torch.tensor(float(n_local_tokens), device=accelerator.device), reduction="sum")
+    return accelerator.num_processes * n_local_tokens / float(n_tokens)
+
+
+def mean_over_ranks(values: list[float], accelerator) -> float:
+    """The mean of a logged statistic (this rank's per-minibatch values) over all ranks."""
+    local = mean_or_nan(values)
+    if accelerator.num_processes == 1:
+        return local
+    return float(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="mean"))
+
+
+class PackedForward(torch.nn.Module):
+    """Runs `compute(model, *args)` as its forward, so that the wrapper accelerate puts around it (DDP) sees the
+    packed forward passes of the update: that is what makes the backward pass average the gradients across ranks."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, compute: Callable[..., Any], *args: Any) -> Any:
+        return compute(self.model, *args)
+
+
 # --- models -----------------------------------------------------------------------------------
 
 
@@ -233,6 +303,38 @@ class ReferencePolicy:
             return
         with self.policy.disable_adapter():
             yield self.policy
+
+
+class FrozenModels:
+    """The frozen reference and reward models: on the device throughout, or with `offload` (on a GPU) kept on
+    the CPU and moved to the device only while a rollout is scored, which leaves the policy and value model
+    and their optimizer state the GPU memory in between."""
+
+    def __init__(self, models: list[torch.nn.Module], device: torch.device, offload: bool):
+        self.models, self.device, self.offload = models, device, offload and device.type != "cpu"
+        if self.offload:
+            for model in self.models:
+                model.to("cpu")
+
+    @contextlib.contextmanager
+    def on_device(self):
+        if not self.offload:
+            yield
+            return
+        for model in self.models:
+            model.to(self.device)
+        try:
+            yield
+        finally:
+            for model in self.models:
+                model.to("cpu")
+
+    def keep_on_device(self) -> None:
+        """For the held-out evaluation after training, which reads them many times."""
+        if self.offload:
+            for model in self.models:
+                model.to(self.device)
+            self.offload = False
 
 
 class PolicySnapshot:
@@ -301,6 +403,15 @@ def ptx_loss(policy, examples: list[tuple[torch.Tensor, int]], pad_token_id: int
     return policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
+def policy_outputs(policy, minibatch: PackedSequences, temperature: float, ptx_batch, pad_token_id: int):
+    """The update's policy forward: (log pi_theta(. | s_t) of the minibatch's response tokens, the PPO-ptx SFT loss or None).
+
+    One function so that both go through a single call of the policy's `PackedForward` (one DDP forward per backward).
+    """
+    log_probs = response_log_softmax(policy, minibatch, temperature)
+    return log_probs, (ptx_loss(policy, ptx_batch, pad_token_id) if ptx_batch else None)
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 
@@ -331,6 +442,12 @@ def save_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> Path:
 
 
 # --- training ---------------------------------------------------------------------------------
+
+
+def progress_line(record: dict[str, Any]) -> str:
+    """One step's line for the Dagster event log (in process, or from rank 0 through Pipes)."""
+    return (f"PPO step {record['step']}: rm_score {record['rm_score']:.3f}, kl {record['kl']:.3f}, "
+            f"response length {record['response_length']:.1f}")
 
 
 def train_ppo(
@@ -370,6 +487,13 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         raise ValueError("ptx_coef > 0 needs ptx_records (prompt, completion) to mix in the SFT loss")
     accelerator = Accelerator(cpu=choice.device.type == "cpu", mixed_precision="bf16" if choice.use_bf16 else "no")
     device = accelerator.device
+    n_ranks = accelerator.num_processes
+    if accelerator.distributed_type.value in ("DEEPSPEED", "FSDP"):
+        # Sampling reads the plain policy, whose weights ZeRO-3 and FSDP shard; gathering them is not built yet.
+        raise ValueError(f"PPO runs data-parallel (DDP) across processes, not under {accelerator.distributed_type.value}")
+    if settings.batch_size % n_ranks or settings.minibatch_size % n_ranks:
+        raise ValueError(f"batch_size={settings.batch_size} and minibatch_size={settings.minibatch_size} must be "
+                         f"multiples of the {n_ranks} processes, which split every batch evenly")
     torch.manual_seed(settings.seed)
     tokenizer, policy, reference, reward_model, value_model = load_models(
         sft_dir, reward_model_dir, settings, device, choice.dtype
@@ -389,8 +513,11 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         {"params": policy_parameters, "lr": settings.learning_rate},
         {"params": value_parameters, "lr": settings.value_learning_rate or settings.learning_rate},
     ], eps=settings.adam_epsilon, weight_decay=0.0)
-    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
-    reference_policy = ReferencePolicy(accelerator.unwrap_model(policy), reference)
+    # `policy` and `value_model` stay the plain models (sampling, scoring, saving); the update's forward
+    # passes go through their wrapped `PackedForward`s, which average the gradients across ranks.
+    policy_forward, value_forward, optimizer = accelerator.prepare(PackedForward(policy), PackedForward(value_model), optimizer)
+    reference_policy = ReferencePolicy(policy, reference)
+    frozen = FrozenModels([m for m in (reference, reward_model) if m is not None], device, settings.offload_frozen_models)
     kl_controller = (
         AdaptiveKLController(settings.kl_coef, settings.target_kl, settings.kl_horizon)
         if settings.adaptive_kl else FixedKLController(settings.kl_coef)
@@ -402,9 +529,11 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
     start_step, history = 0, []
     resume_from = latest_checkpoint(checkpoint_dir)
     if resume_from is not None:
-        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location=device, weights_only=True)  # no pickle code from disk
-        accelerator.unwrap_model(policy).load_state_dict(state["policy"])
-        accelerator.unwrap_model(value_model).load_state_dict(state["value_model"])
+        # On the CPU first: under gloo the ranks' device is "cpu:0", a location torch.load cannot map to; the
+        # load_state_dict calls copy every tensor to its parameter's device. weights_only: no pickle code from disk.
+        state = torch.load(resume_from / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=True)
+        policy.load_state_dict(state["policy"])
+        value_model.load_state_dict(state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
         kl_controller.value = state["beta"]
         start_step, history = state["step"], state["history"]
@@ -418,28 +547,37 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + step)
         beta = kl_controller.value
 
-        # 1. rollout: y ~ pi_theta(.|x)^(1/T), truncated at the first EOS
-        batch = encode_prompts(tokenizer, prompts_for_step(train_prompts, step, settings.batch_size, settings.seed), device,
-                               max_prompt_tokens)
+        # 1. rollout: y ~ pi_theta(.|x)^(1/T), truncated at the first EOS; this rank samples its share of the
+        #    step's prompts, with the draws u of those rows (so N ranks sample what one process would)
+        share = rank_share(settings.batch_size, accelerator)
+        step_prompts = prompts_for_step(train_prompts, step, settings.batch_size, settings.seed)
+        uniforms = torch.rand(settings.batch_size, settings.max_new_tokens, generator=generator, device=device)[share]
+        batch = encode_prompts(tokenizer, step_prompts[share], device, max_prompt_tokens)
         policy.eval()
         with accelerator.autocast():
-            rollout = sample_responses(accelerator.unwrap_model(policy), batch, settings.max_new_tokens,
-                                       settings.temperature, eos_id, pad_id, generator)
+            rollout = sample_responses(policy, batch, settings.max_new_tokens, settings.temperature, eos_id, pad_id,
+                                       uniforms=uniforms)
         generation_seconds = time.perf_counter() - step_started  # sampling syncs on every token (EOS check), so this is its real time
-        mask = rollout.response_mask.float()
         # Every forward pass below reads only real tokens: the sequences packed without padding.
         packed = pack_rollout(rollout)
 
-        with torch.inference_mode(), accelerator.autocast():
+        with torch.inference_mode(), accelerator.autocast(), frozen.on_device():
             old_logprobs = (packed.to_padded(response_logprobs_packed(policy, packed, settings.temperature))
                             if recompute_old_logprobs else rollout.logprobs)
             ref_logprobs = packed.to_padded(reference_policy.logprobs(packed, settings.temperature))
-            # 2. score: r_phi(x, y) read at the EOS token; responses without EOS are penalised
+            # 2. score: r_phi(x, y) read at the EOS token
             scores = reward_scores(reward_model, packed)
-            ended = rollout.ended_with_eos(eos_id)
-            penalised_scores = scores - settings.missing_eos_penalty * (~ended).float()
             old_values = packed.to_padded(token_values(value_model, packed))
 
+        # The rest of the step sees the whole batch on every rank (the rows of all ranks, in prompt order).
+        rollout = gather_rollout(accelerator, rollout, pad_id)
+        old_logprobs, ref_logprobs, old_values = (
+            gather_rows(accelerator, t.clone()) for t in (old_logprobs, ref_logprobs, old_values)
+        )
+        scores = gather_rows(accelerator, scores.clone())
+        mask = rollout.response_mask.float()
+        ended = rollout.ended_with_eos(eos_id)
+        penalised_scores = scores - settings.missing_eos_penalty * (~ended).float()  # responses without EOS are penalised
         rollout_seconds = time.perf_counter() - step_started
 
         # 3. per-token reward: R_t = r_phi(x,y) * 1[t=T] - beta * KL_t
@@ -449,11 +587,11 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         # training stops and keeps the last policy measured inside it.
         if sequence_kl > settings.kl_bound and inside_bound is not None:
             stopped_at_kl_bound = {"step": step + 1, "kl": sequence_kl, "kept_policy_of_step": inside_bound.step}
-            inside_bound.restore(accelerator.unwrap_model(policy))
+            inside_bound.restore(policy)
             logger.warning(f"PPO stops at step {step + 1}/{n_steps}: rollout KL {sequence_kl:.2f} > kl_bound "
                            f"{settings.kl_bound}; keeping the policy of step {inside_bound.step}")
             break
-        inside_bound = PolicySnapshot.of(accelerator.unwrap_model(policy), step)
+        inside_bound = PolicySnapshot.of(policy, step)
         rewards = per_token_rewards(penalised_scores, kl, beta, rollout.last_index, mask)
         if settings.normalize_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
@@ -465,29 +603,32 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         old_logprobs, advantages, returns = old_logprobs.clone(), advantages.clone(), returns.clone()
         old_values = old_values.clone()
 
-        # 5. PPO update: several epochs over shuffled minibatches of the rollout
+        # 5. PPO update: several epochs over shuffled minibatches of the rollout (this rank: its share of each)
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy", "ptx_loss")}
         shuffler = torch.Generator().manual_seed(settings.seed * 7919 + step)
         for _ in range(settings.ppo_epochs):
             order = torch.randperm(settings.batch_size, generator=shuffler).to(device)
             for mb_start in range(0, settings.batch_size, settings.minibatch_size):
-                rows = order[mb_start : mb_start + settings.minibatch_size]
+                rows = order[mb_start : mb_start + settings.minibatch_size][rank_share(settings.minibatch_size, accelerator)]
                 minibatch = pack_rollout(rollout, rows)
                 real = minibatch.response_mask  # [rows][real] lists the minibatch's response tokens in packed order
+                ptx_batch = ([ptx_examples[i] for i in torch.randint(len(ptx_examples), (settings.ptx_batch_size,), generator=shuffler)]
+                             if ptx_examples else None)
                 with accelerator.autocast():
-                    log_probs = response_log_softmax(policy, minibatch, settings.temperature)  # log pi_theta(. | s_t)
+                    # log pi_theta(. | s_t) (and the PPO-ptx SFT loss), through the wrapper that syncs gradients
+                    log_probs, sft_loss = policy_forward(policy_outputs, minibatch, settings.temperature, ptx_batch, pad_id)
                     logprobs = log_probs.gather(1, minibatch.response_targets[:, None]).squeeze(1)
                     pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
                         logprobs, old_logprobs[rows][real], advantages[rows][real], settings.clip_range
                     )
-                    values = token_values(value_model, minibatch)
+                    values = value_forward(token_values, minibatch)
                     vf_loss = clipped_value_loss(
                         values, old_values[rows][real], returns[rows][real], settings.clip_range_value
                     )
                     loss = pg_loss + settings.value_coef * vf_loss  # L = L_clip + c_v * L_V
-                    if ptx_examples:
-                        picks = torch.randint(len(ptx_examples), (settings.ptx_batch_size,), generator=shuffler)
-                        sft_loss = ptx_loss(policy, [ptx_examples[i] for i in picks], pad_id)
+                    # Weighted by this rank's share of the minibatch's tokens: the ranks' average is the whole minibatch's mean.
+                    loss = loss * token_share(len(logprobs), accelerator)
+                    if sft_loss is not None:
                         loss = loss + settings.ptx_coef * sft_loss  # PPO-ptx: + gamma_ptx * L_SFT
                         stats["ptx_loss"].append(sft_loss.item())
                 accelerator.backward(loss)
@@ -510,14 +651,14 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             "rm_score": scores.mean().item(),
             "kl": sequence_kl,
             "total_reward": rewards.sum(1).mean().item(),
-            "entropy": mean_or_nan(stats["entropy"]),
+            "entropy": mean_over_ranks(stats["entropy"], accelerator),
             "response_length": rollout.response_lengths.float().mean().item(),
             "no_eos_fraction": (~ended).float().mean().item(),
-            "clip_fraction": mean_or_nan(stats["clip_fraction"]),
-            "approx_kl": mean_or_nan(stats["approx_kl"]),
-            "value_loss": mean_or_nan(stats["value_loss"]),
-            "policy_loss": mean_or_nan(stats["policy_loss"]),
-            "ptx_loss": mean_or_nan(stats["ptx_loss"]) if stats["ptx_loss"] else None,
+            "clip_fraction": mean_over_ranks(stats["clip_fraction"], accelerator),
+            "approx_kl": mean_over_ranks(stats["approx_kl"], accelerator),
+            "value_loss": mean_over_ranks(stats["value_loss"], accelerator),
+            "policy_loss": mean_over_ranks(stats["policy_loss"], accelerator),
+            "ptx_loss": mean_over_ranks(stats["ptx_loss"], accelerator) if stats["ptx_loss"] else None,
             "explained_variance": explained_variance(old_values, returns, mask),
             "beta": beta,
             "step_seconds": time.perf_counter() - step_started,
@@ -530,21 +671,24 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
             f"PPO step {step + 1}/{n_steps}: rm_score {record['rm_score']:.3f} kl {record['kl']:.3f} "
             f"len {record['response_length']:.1f} clip {record['clip_fraction']:.3f} ({record['step_seconds']:.1f}s)"
         )
-        if checkpoint_dir is not None and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and step + 1 < n_steps:
+        if (checkpoint_dir is not None and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0
+                and step + 1 < n_steps and accelerator.is_main_process):
             save_checkpoint(checkpoint_dir, {
                 "step": step + 1,
-                "policy": accelerator.unwrap_model(policy).state_dict(),
-                "value_model": accelerator.unwrap_model(value_model).state_dict(),
+                "policy": policy.state_dict(),
+                "value_model": value_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "beta": kl_controller.value,
                 "history": history,
             })
-        if on_step is not None:
+        if on_step is not None and accelerator.is_main_process:
             on_step(record)
     train_seconds = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:  # rank 0 evaluates and writes the artifact
+        return {}
 
-    policy = accelerator.unwrap_model(policy)
-    value_model = accelerator.unwrap_model(value_model)
+    frozen.keep_on_device()
     held_out = eval_prompts or train_prompts[: settings.n_eval_prompts or 8]
     evaluation = evaluate_against_reference(policy, reference_policy, reward_model, tokenizer, held_out, settings, device,
                                             max_prompt_tokens)
@@ -567,6 +711,7 @@ def _train_ppo(sft_dir, reward_model_dir, prompts, output_dir, settings, ptx_rec
         "kl_bound": settings.kl_bound,
         "n_steps": len(history),
         "n_steps_planned": n_steps,
+        "num_processes": n_ranks,
         "episodes": len(history) * settings.batch_size,
         "resumed_from_step": start_step,
         "train_seconds": train_seconds,

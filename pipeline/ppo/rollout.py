@@ -92,8 +92,14 @@ def sample_responses(
     eos_token_id: int,
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> Rollout:
     """Sample y ~ pi(.|x)^(1/T) token by token with a KV cache; stop when every row has emitted EOS.
+
+    `uniforms` (B, max_new_tokens), if given, are the draws u in [0, 1) of each row and column (else
+    they come from `generator` as the columns go): with them a row's sample depends on the row alone,
+    not on which other rows share its batch, which is what lets PPO split a rollout batch across
+    ranks and sample exactly what one process would.
 
     Rows that have emitted EOS leave the batch (and the cache), so late steps only compute the rows
     still writing. The log-probabilities of the sampled tokens come for free from the sampling
@@ -119,7 +125,7 @@ def sample_responses(
     for column in range(max_new_tokens):
         logits = output.logits[:, -1].float()
         logprobs_all = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-        token = sample_categorical(logprobs_all.exp(), generator)
+        token = sample_categorical(logprobs_all.exp(), generator, None if uniforms is None else uniforms[active, column])
         response_ids[active, column] = token
         logprobs[active, column] = logprobs_all.gather(1, token[:, None]).squeeze(1)
         n_columns = column + 1
@@ -143,12 +149,17 @@ def sample_responses(
                    logprobs[:, :n_columns].masked_fill(response_mask == 0, 0.0))
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(
+    probs: torch.Tensor, generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One draw per row of `probs` by inverting its CDF: the first token whose cumulative probability
     exceeds u ~ U[0, total). Same distribution as `torch.multinomial(probs, 1)`, about 20x cheaper on
-    the CPU for a 2k vocabulary (one uniform per row instead of one exponential per vocabulary entry)."""
+    the CPU for a 2k vocabulary (one uniform per row instead of one exponential per vocabulary entry).
+    `uniforms` (B,) are given draws in [0, 1); without them they come from `generator`."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=cdf.dtype)
+    u = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(1)
 
 

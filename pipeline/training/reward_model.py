@@ -13,6 +13,7 @@ import math
 import random
 import tempfile
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ import torch
 from pipeline.data.records import split_held_out
 from pipeline.data.statistics import pearson_correlation
 from pipeline.settings import RewardSettings
+from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.packing import PackedSequences, pack, packed_hidden_states
-from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
+from pipeline.training.trainers import checkpoint_arguments, fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +142,16 @@ def evaluate_reward_model(model, tokenizer, pairs: Sequence[dict[str, Any]], set
     }
 
 
-def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_dir: Path, settings: RewardSettings) -> dict[str, Any]:
-    """Train the scalar-head RM from the SFT checkpoint; save it to `output_dir`; return its evaluation."""
+def train_reward_model(
+    sft_dir: Path, pairs: Sequence[dict[str, Any]], output_dir: Path, settings: RewardSettings,
+    checkpoints: TrainingScratch | None = None, callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Train the scalar-head RM from the SFT checkpoint; save it to `output_dir`; return its evaluation.
+
+    Checkpoints work as in SFT (`pipeline.training.sft.train_sft`): with `checkpoints`, the trainer
+    saves there every `checkpoint_every_steps` steps and resumes from `checkpoints.resume_from`.
+    Under `accelerate launch` every rank trains and only the main one evaluates (others return {}).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
@@ -153,27 +163,36 @@ def train_reward_model(sft_dir: Path, pairs: Sequence[dict[str, Any]], output_di
     n_dropped = count_too_long(tokenizer, train, settings.max_length)
     if n_dropped == len(train):
         raise ValueError(f"all {len(train)} training pairs exceed max_length={settings.max_length} tokens")
-    with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
+    scratch_dir = nullcontext(str(checkpoints.directory)) if checkpoints else tempfile.TemporaryDirectory(prefix="rm-trainer-")
+    with scratch_dir as scratch:
         args = RewardConfig(
             **trainer_arguments(settings, scratch),
             center_rewards_coefficient=settings.center_rewards_coefficient or None,
-            save_strategy="no",
+            **checkpoint_arguments(settings.checkpoint_every_steps, enabled=checkpoints is not None),
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=to_preference_dataset(tokenizer, train), processing_class=tokenizer,
+            callbacks=list(callbacks) or None,
         )
-        result = trainer.train()
+        resume_from = checkpoints.resume_from if checkpoints else None
+        if resume_from is not None:
+            logger.info(f"the reward model resumes from {resume_from}")
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         loss_curve = [
             {"step": log["step"], "loss": log["loss"], "accuracy": log.get("accuracy")}
             for log in trainer.state.log_history if "loss" in log
         ]
     model = save_trained_model(trainer, tokenizer, output_dir)
+    if model is None:  # another rank under `accelerate launch`: rank 0 evaluates and reports
+        return {}
     metrics = evaluate_reward_model(model, tokenizer, held_out or train, settings)
     metrics.update({
         "train_loss": result.training_loss,
         "n_train": len(train),
         "n_held_out": len(held_out),
         "n_dropped_too_long": n_dropped,
+        "total_steps": trainer.state.max_steps,
+        "resumed_from_step": checkpoints.resume_step if checkpoints else 0,
         "loss_curve": loss_curve,
         "settings": settings.model_dump(),
     })

@@ -17,7 +17,7 @@ from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.curves import SFT_PANELS, plot_training_curves
 from pipeline.training.generation import generate
-from pipeline.training.trainers import fit_to_context_window, save_trained_model, trainer_arguments
+from pipeline.training.trainers import checkpoint_arguments, fit_to_context_window, save_trained_model, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_chec
         completion_only_loss=True,
         packing=False,
         weight_decay=settings.weight_decay,
-        save_strategy="steps" if save_checkpoints else "no",
-        save_steps=settings.checkpoint_every_steps,
-        # Two, not one: if the process dies while writing the newest, the one before is complete.
-        save_total_limit=2,
+        **checkpoint_arguments(settings.checkpoint_every_steps, enabled=save_checkpoints),
         dataset_num_proc=None,
         do_eval=has_eval,
     )

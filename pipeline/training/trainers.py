@@ -1,7 +1,8 @@
 """What SFT and the reward model share around TRL's trainers: their common arguments, and saving what they trained.
 
-Both build their trainer's config from `trainer_arguments(settings, output_dir)` plus their own
-options, and both end with `save_trained_model(trainer, tokenizer, output_dir)`.
+Both build their trainer's config from `trainer_arguments(settings, output_dir)` and
+`checkpoint_arguments(...)` plus their own options, and both end with
+`save_trained_model(trainer, tokenizer, output_dir)`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -
         "bf16": choice.use_bf16,
         "dataloader_num_workers": 0,
     }
+
+
+def checkpoint_arguments(every_steps: int, enabled: bool) -> dict[str, Any]:
+    """The trainer's checkpointing: every `every_steps` steps into its output dir (the asset's scratch), or none."""
+    if not enabled:
+        return {"save_strategy": "no"}
+    # Two, not one: if the process dies while writing the newest, the one before is complete.
+    return {"save_strategy": "steps", "save_steps": every_steps, "save_total_limit": 2}
 
 
 def save_trained_model(trainer, tokenizer, output_dir: Path):
