@@ -118,6 +118,12 @@ def test_pretraining_text_holds_training_phrasings_of_tasks_but_no_evaluation_pr
         assert record["prompt"] not in corpus
 
 
+def test_pretraining_documents_hold_the_configured_number_of_worked_tasks():
+    for tasks_per_document in (0, 3, 24):
+        for document in gen.pretraining_text(5, 0, tasks_per_document):
+            assert document.count("The answer is") == tasks_per_document
+
+
 def test_the_closest_concept_of_a_good_explanation_is_its_own_and_of_a_wrong_one_is_not():
     import random
 

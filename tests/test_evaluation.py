@@ -268,6 +268,8 @@ def test_no_eval_prompt_occurs_in_any_training_asset_on_the_default_data():
     for asset, records in training_prompts.items():
         leaked = eval_prompts & {_normalised(r["prompt"]) for r in records}
         assert not leaked, f"{len(leaked)} eval prompts occur in {asset}, e.g. {sorted(leaked)[:3]}"
-    corpus = _normalised(" ".join(pretraining_text(PretrainSettings().pretrain_documents, PretrainSettings().seed)))
+    pretraining = PretrainSettings()
+    corpus = _normalised(" ".join(pretraining_text(
+        pretraining.pretrain_documents, pretraining.seed, pretraining.pretrain_tasks_per_document)))
     leaked = [p for p in eval_prompts if p in corpus]
     assert not leaked, f"eval prompts occur in the base model's pretraining text: {leaked[:3]}"

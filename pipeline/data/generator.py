@@ -221,10 +221,7 @@ def prompt_records(n: int, seed: int, split: str, explanation_fraction: float = 
     ]
 
 
-TASKS_PER_DOCUMENT = 8
-
-
-def pretraining_text(n_documents: int, seed: int) -> list[str]:
+def pretraining_text(n_documents: int, seed: int, tasks_per_document: int = 8) -> list[str]:
     """Plain prose (no chat format): the base model learns to continue text, not to follow instructions.
 
     Besides explanations, each document holds worked tasks written as a question and its answer in
@@ -238,7 +235,7 @@ def pretraining_text(n_documents: int, seed: int) -> list[str]:
         sentences = []
         for concept in concepts:
             sentences.append(good_explanation(concept))
-        for _ in range(TASKS_PER_DOCUMENT):
+        for _ in range(tasks_per_document):
             task = make_task(rng.choice(TASK_TYPES), rng, rng.choice(TRAIN_PHRASINGS))
             sentences.append(f"{task['prompt']} {task['answer']}")
         sentences.append(rng.choice(OFF_TOPIC_ANSWERS))

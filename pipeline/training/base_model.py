@@ -149,7 +149,7 @@ def build_default_base_model(
     from pipeline.data.generator import pretraining_text
 
     random.seed(settings.seed)
-    documents = pretraining_text(settings.pretrain_documents, settings.seed)
+    documents = pretraining_text(settings.pretrain_documents, settings.seed, settings.pretrain_tasks_per_document)
     tokenizer = train_tokenizer(documents, spec.vocab_size)
     model = build_tiny_llama(tokenizer, spec, settings.seed)
     losses = pretrain(model, tokenizer, documents, settings, device, on_progress, scratch)
