@@ -8,9 +8,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import pipeline.ppo.algorithm as ppo
-from pipeline.settings import TinyModelSpec
-from pipeline.training.base_model import build_tiny_llama, train_tokenizer
-from pipeline.data.generator import pretraining_text, prompt_records
 from pipeline.settings import PpoSettings
 from pipeline.storage.contract import TENSORBOARD_DIR
 from pipeline.training.tensorboard_log import read_scalars
@@ -22,8 +19,8 @@ from pipeline.ppo.rollout import (
     sample_responses,
 )
 from padded_forward import response_logprobs
+from ppo_models import tiny_sft_and_reward_model
 
-SPEC = TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 # A one-token bandit: the RM scores the sampled token, which PPO can learn within a few steps.
 FAST = dict(batch_size=32, minibatch_size=16, ppo_epochs=2, max_new_tokens=1, learning_rate=1e-2, temperature=1.0,
             missing_eos_penalty=0.0, n_eval_prompts=4, n_eval_samples=8, checkpoint_every=0, device="cpu")
@@ -32,19 +29,7 @@ FAST = dict(batch_size=32, minibatch_size=16, ppo_epochs=2, max_new_tokens=1, le
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """A random tiny Llama as the SFT policy, and an RM sharing its tokenizer with a large random score head."""
-    root = tmp_path_factory.mktemp("ppo-models")
-    tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=512)
-    sft = build_tiny_llama(tokenizer, SPEC, seed=0)
-    sft.save_pretrained(root / "sft")
-    tokenizer.save_pretrained(root / "sft")
-    torch.manual_seed(1)
-    rm = AutoModelForSequenceClassification.from_pretrained(root / "sft", num_labels=1)
-    torch.nn.init.normal_(rm.score.weight, std=1.0)
-    rm.config.pad_token_id = tokenizer.pad_token_id
-    rm.save_pretrained(root / "rm")
-    tokenizer.save_pretrained(root / "rm")
-    prompts = [r["prompt"] for r in prompt_records(24, 0, "ppo")]
-    return root / "sft", root / "rm", prompts
+    return tiny_sft_and_reward_model(tmp_path_factory.mktemp("ppo-models"))
 
 
 def test_gae_matches_a_hand_computed_example():
