@@ -44,7 +44,6 @@ def generate(
     temperature: float = 0.0,
     batch_size: int = 32,
     seed: int = 0,
-    progress_desc: str | None = None,
 ) -> list[Generation]:
     """Answer each (raw, un-templated) prompt; temperature 0 means greedy decoding.
 
@@ -54,10 +53,10 @@ def generate(
     import torch
 
     with torch.no_grad():
-        return _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, progress_desc)
+        return _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed)
 
 
-def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed, progress_desc) -> list[Generation]:
+def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed) -> list[Generation]:
     import torch
 
     device = next(model.parameters()).device
@@ -65,12 +64,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size
     model.eval()
     torch.manual_seed(seed)
     results: list[Generation] = []
-    batches = range(0, len(prompts), batch_size)
-    if progress_desc:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=progress_desc, unit="batch")
-    for start in batches:
+    for start in range(0, len(prompts), batch_size):
         batch_prompts = list(prompts[start : start + batch_size])
         texts = [render_prompt(tokenizer, p) for p in batch_prompts]
         encoded = encode_left_truncated(tokenizer, texts, budget).to(device)
