@@ -15,11 +15,12 @@ from typing import Any
 
 def stage_progress(total: int, description: str, unit: str = "step", initial: int = 0, enabled: bool = True):
     """A tqdm bar for one stage's loop; update it with `.update(n)` and `.set_postfix(...)`, close it at the end.
-    `enabled=False` (ranks other than 0 under `accelerate launch`) draws nothing."""
+    `enabled=False` (ranks other than 0 under `accelerate launch`) draws nothing. `disable` is passed only
+    then: an explicit argument would override `TQDM_DISABLE=1`, which tqdm reads as the default."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=description, unit=unit, mininterval=1.0, dynamic_ncols=True,
-                disable=not enabled)
+    off = {} if enabled else {"disable": True}
+    return tqdm(total=total, initial=initial, desc=description, unit=unit, mininterval=1.0, dynamic_ncols=True, **off)
 
 
 def trainer_progress(description: str):
