@@ -12,9 +12,9 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.storage.contract import MLFLOW_RUN_ID_KEY, PPO_METRICS_FILE, TENSORBOARD_DIR
+from pipeline.training import tensorboard_log
 from pipeline.training.tensorboard_log import ScalarLog, publish_event_files
 
 TRAINING_STAGES = ("base_model", "sft_checkpoint", "reward_model", "ppo_policy")
@@ -22,12 +22,10 @@ MLFLOW_STAGES = (*TRAINING_STAGES, "evaluation_report")
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] as TensorBoard shows them (orphaned steps of a killed run purged)."""
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    """tag -> [(step, value)] as TensorBoard shows them (its EventAccumulator; orphaned steps of a killed run purged)."""
     return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
+        tag: [(event.step, event.value) for event in events]
+        for tag, events in tensorboard_log.read_scalars(log_dir).items()
     }
 
 

@@ -81,10 +81,8 @@ def trainer_callback(scratch: Path, resume_step: int = 0):
     environment variable only). Logs `train/loss`, `train/learning_rate`, `eval/loss`... at the global step."""
     from transformers.integrations import TensorBoardCallback
 
-    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` only the main process writes
-        callback = TensorBoardCallback()
-    else:
-        callback = TensorBoardCallback(tb_writer=ScalarLog(scratch, resume_step).writer)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch` only the main process writes
+    callback = TensorBoardCallback(tb_writer=ScalarLog(scratch, resume_step, enabled=main_process).writer)
     # Where it (re)opens a writer, e.g. when the trainer logs after training (the final `evaluate()`).
     callback.logging_dir = str(Path(scratch) / TENSORBOARD_DIR)
     return callback
