@@ -38,6 +38,7 @@ from typing import Any
 
 import dagster as dg
 
+from pipeline.orchestration.materializations import metadata_value
 from pipeline.storage.contract import (
     ARTIFACT_PATH_KEY,
     CODE_VERSION_KEY,
@@ -93,7 +94,7 @@ def _log_run(dagster_run_id: str, asset_name: str, output: dg.Output) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    metadata = {key: _plain(value) for key, value in output.metadata.items()}
+    metadata = {key: metadata_value(value) for key, value in output.metadata.items()}
     client = MlflowClient()  # the tracking URI from $MLFLOW_TRACKING_URI
     experiment = client.get_experiment_by_name(experiment_name())
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name())
@@ -133,11 +134,6 @@ def _event_file_scalars(log_dir: Path) -> Iterator[tuple[str, int, float, float]
     for tag, events in read_scalars(log_dir).items():
         for event in events:
             yield tag, event.step, event.value, event.wall_time
-
-
-def _plain(value: Any) -> Any:
-    """A metadata value as plain Python: MetadataValue objects unwrapped (`.value`), others as they are."""
-    return value.value if isinstance(value, dg.MetadataValue) else value
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

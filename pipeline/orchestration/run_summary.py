@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 
+from pipeline.orchestration.materializations import metadata_value
 from pipeline.storage.contract import (
     ARTIFACT_PATH_KEY,
     EVAL_JSON,
@@ -94,7 +95,7 @@ def summarize_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunSummar
     started: dict[str, float] = {}
     ended: dict[str, float] = {}
     failed_steps: list[Failure] = []
-    materialized: dict[str, dg.AssetMaterialization] = {}
+    materialized: dict[str, tuple[dg.AssetMaterialization, str]] = {}  # asset -> (materialization, step key)
     evaluations: dict[str, dg.AssetCheckEvaluation] = {}
     for entry in instance.all_logs(run.run_id):
         event = entry.dagster_event
@@ -119,7 +120,7 @@ def summarize_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunSummar
     for asset, step in planned_assets:
         if asset in materialized:
             materialization, step = materialized[asset]
-            metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+            metadata = {k: metadata_value(v) for k, v in materialization.metadata.items()}
             reused = metadata.get(REUSED_FROM_RUN_KEY)
             seconds = ended[step] - started[step] if step in started and step in ended else None
             summary.stages.append(Stage(
@@ -151,7 +152,7 @@ def summarize_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunSummar
 
     report = materialized.get(REPORT_ASSET)
     if report is not None:
-        path = Path(str(getattr(report[0].metadata.get(ARTIFACT_PATH_KEY), "value", "")))
+        path = Path(str(metadata_value(report[0].metadata.get(ARTIFACT_PATH_KEY)) or ""))
         summary.report_path = str(path / REPORT_MD)
         if (path / EVAL_JSON).is_file():
             summary.headline = headline(json.loads((path / EVAL_JSON).read_text()))
