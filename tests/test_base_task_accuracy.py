@@ -1,17 +1,12 @@
 """benchmarks/base_task_accuracy.py: its probe reads a base model's prose continuation with the rule checker."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("base_task_accuracy", REPO_ROOT / "benchmarks" / "base_task_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("base_task_accuracy")
 
 
 def test_first_answer_stops_at_the_first_stated_answer():

@@ -1,6 +1,5 @@
 """The GPU profile: a 100M-350M model run config, and its benchmark harness (reduced, on the CPU)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,35 +8,41 @@ import pytest
 import torch
 import yaml
 
+from benchmark_scripts import load_benchmark
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GPU_PROFILE = REPO_ROOT / "pipeline" / "profiles" / "gpu.yaml"
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("gpu_profile_benchmark", REPO_ROOT / "benchmarks" / "gpu_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_profile")
 
 
-def test_gpu_profile_is_valid_and_builds_a_100m_to_350m_model():
+def _valid_profile_parameter_counts(profile_path: Path) -> list[int]:
+    """The profile validates against the job; its base model's parameter counts at both ends of the
+    vocabulary range (the BPE trainer may stop below vocab_size on generator text), built on the meta device."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.settings import TinyModelSpec
     from pipeline.definitions import defs
+    from pipeline.settings import TinyModelSpec
 
-    profile = yaml.safe_load(GPU_PROFILE.read_text())
+    profile = yaml.safe_load(profile_path.read_text())
     assert dg.validate_run_config(defs.resolve_job_def("rlhf_pipeline"), profile)
     config = profile["ops"]["base_model"]["config"]
     spec = TinyModelSpec(**{k: v for k, v in config.items() if k in TinyModelSpec.model_fields})
-    # The BPE trainer may stop below vocab_size on generator text: check both ends of the range.
+    counts = []
     for vocab in (4096, spec.vocab_size):
         llama = LlamaConfig(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                             num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                             num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_position_embeddings,
                             tie_word_embeddings=True)
         with torch.device("meta"):
-            n_parameters = sum(p.numel() for p in LlamaForCausalLM(llama).parameters())
+            counts.append(sum(p.numel() for p in LlamaForCausalLM(llama).parameters()))
+    return counts
+
+
+def test_gpu_profile_is_valid_and_builds_a_100m_to_350m_model():
+    for n_parameters in _valid_profile_parameter_counts(GPU_PROFILE):
         assert 100e6 <= n_parameters <= 350e6, n_parameters
 
 
@@ -79,23 +84,7 @@ def test_benchmark_runs_reduced_on_the_cpu(tmp_path, tiny_run_config):
 
 
 def test_eight_minute_profile_is_valid_and_builds_a_model_of_about_100m():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pipeline.definitions import defs
-    from pipeline.settings import TinyModelSpec
-
-    benchmark = _benchmark_module()
-    profile = yaml.safe_load(benchmark.EIGHT_MINUTE_PROFILE.read_text())
-    assert dg.validate_run_config(defs.resolve_job_def("rlhf_pipeline"), profile)
-    config = profile["ops"]["base_model"]["config"]
-    spec = TinyModelSpec(**{k: v for k, v in config.items() if k in TinyModelSpec.model_fields})
-    for vocab in (4096, spec.vocab_size):
-        llama = LlamaConfig(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-                            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-                            num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_position_embeddings,
-                            tie_word_embeddings=True)
-        with torch.device("meta"):
-            n_parameters = sum(p.numel() for p in LlamaForCausalLM(llama).parameters())
+    for n_parameters in _valid_profile_parameter_counts(_benchmark_module().EIGHT_MINUTE_PROFILE):
         assert 80e6 <= n_parameters <= 120e6, n_parameters
 
 
