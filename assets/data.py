@@ -61,7 +61,14 @@ class SftDataConfig(TrainingDataConfig):
 
 
 class PreferenceDataConfig(TrainingDataConfig):
-    n_records: int = Field(400, gt=0)
+    n_records: int = Field(
+        2000, gt=0, description="comparisons are cheap to learn from (the reward model trains in seconds), and telling a "
+        "right task answer from a wrong one takes many of them (README: Does RLHF work on the default job?)"
+    )
+    explanation_fraction: float = Field(
+        0.2, ge=0, le=1, description="share of explanation prompts; the rest are verifiable tasks, whose pairs are the "
+        "hard ones to learn"
+    )
 
 
 class PpoPromptsConfig(TrainingDataConfig):

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=PretrainSettings().pretrain_steps)
     parser.add_argument("--tasks-per-document", type=int, default=PretrainSettings().pretrain_tasks_per_document)
+    parser.add_argument("--learning-rate", type=float, default=PretrainSettings().pretrain_learning_rate)
+    parser.add_argument("--layers", type=int, default=TinyModelSpec().num_layers, help="transformer layers of the tiny model")
     parser.add_argument("--every", type=int, default=100, help="probe every N steps (and at the end)")
     parser.add_argument("--per-type", type=int, default=8, help="probe questions per task type and phrasing set")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    spec = TinyModelSpec()
-    settings = PretrainSettings(pretrain_steps=args.steps, pretrain_tasks_per_document=args.tasks_per_document, seed=args.seed)
+    spec = TinyModelSpec(num_layers=args.layers)
+    settings = PretrainSettings(
+        pretrain_steps=args.steps, pretrain_tasks_per_document=args.tasks_per_document,
+        pretrain_learning_rate=args.learning_rate, seed=args.seed,
+    )
     documents = pretraining_text(settings.pretrain_documents, settings.seed, settings.pretrain_tasks_per_document)
     tokenizer = train_tokenizer(documents, spec.vocab_size)
     model = build_tiny_llama(tokenizer, spec, settings.seed)

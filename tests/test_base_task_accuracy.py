@@ -33,5 +33,5 @@ def test_a_short_run_prints_and_writes_one_probe_line_per_interval(tmp_path, cap
     assert [line["step"] for line in lines] == [2, 4]
     for line in lines:
         for probe in ("training_phrasings", "held_out_phrasing"):
-            assert 0.0 <= line[probe]["all"] <= 1.0 and "last_word" in line[probe]
+            assert 0.0 <= line[probe]["all"] <= 1.0 and "pick_kind" in line[probe]
     assert capsys.readouterr().out.count("step ") == 2

@@ -113,7 +113,7 @@ def test_every_task_type_appears_in_training_and_evaluation_with_its_key_word():
 
 def test_pretraining_text_holds_training_phrasings_of_tasks_but_no_evaluation_prompt():
     corpus = " ".join(gen.pretraining_text(200, 0))
-    assert "Repeat after me:" in corpus or "Repeat these words exactly:" in corpus
+    assert "Which word in this list is" in corpus or "Pick out a" in corpus
     for record in gen.prompt_records(200, 0, "eval"):
         assert record["prompt"] not in corpus
 
@@ -134,3 +134,26 @@ def test_the_closest_concept_of_a_good_explanation_is_its_own_and_of_a_wrong_one
         assert closest_concept(gen.good_explanation(concept)) == concept
         assert closest_concept(gen.rejected_explanation(concept, "wrong", rng)) != concept
     assert closest_concept("The weather is mild today.") is None
+
+
+def test_held_out_task_phrasings_do_not_start_like_held_out_explanation_prompts():
+    from pipeline.data.tasks import EVAL_PHRASINGS
+
+    explanation_starts = {" ".join(template.split()[:2]) for template in gen.EVAL_TEMPLATES}
+    for task_type in TASK_TYPES:
+        for phrasing in EVAL_PHRASINGS:
+            assert " ".join(PHRASINGS[task_type][phrasing].split()[:2]) not in explanation_starts, task_type
+
+
+def test_pick_kind_lists_hold_exactly_one_word_of_the_named_kind():
+    import random
+
+    from pipeline.data.glossary import CATEGORIES, CATEGORY_NOUNS
+
+    rng = random.Random(3)
+    assert len({w for words in CATEGORIES.values() for w in words}) == sum(map(len, CATEGORIES.values()))
+    for _ in range(200):
+        task = make_task("pick_kind", rng, rng.randrange(5))
+        kind = next(k for k, noun in CATEGORY_NOUNS.items() if f" {noun}" in task["prompt"])
+        listed = [w.strip("?.:,") for w in task["prompt"].split() if w.strip("?.:,") in {x for ws in CATEGORIES.values() for x in ws}]
+        assert [w for w in listed if w in CATEGORIES[kind]] == [task["task"]["expected"]], task

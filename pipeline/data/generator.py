@@ -15,7 +15,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pipeline.data.glossary import GLOSSARY, OFF_TOPIC_ANSWERS, PADDING_CLOSERS, PADDING_OPENERS, Concept
+from pipeline.data.glossary import (
+    GLOSSARY,
+    OFF_TOPIC_ANSWERS,
+    PADDING_CLOSERS,
+    PADDING_OPENERS,
+    VAGUE_EXPLANATIONS,
+    VAGUE_TASK_ANSWERS,
+    Concept,
+)
 from pipeline.data.tasks import (
     EVAL_PHRASINGS,
     TASK_TYPES,
@@ -43,6 +51,13 @@ EVAL_TEMPLATES = (
     "Can you help me understand {c}?",
 )
 FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad")
+# Task pairs: half the rejected answers are well-formed but wrong, and some answer a task with a fluent
+# explanation of a concept (`explains`), the answer a policy finds when the reward model scores
+# explanations above short task answers (the spot checks of PPO's answers showed it).
+TASK_FAILURE_CYCLE = (
+    "wrong", "vague", "wrong", "explains", "wrong", "padded", "wrong", "repetitive", "wrong", "explains",
+    "wrong", "off_topic", "wrong", "salad",
+)
 # The ways a flawed demonstration falls short: real demonstrations vary in quality and SFT imitates
 # them all; the preference pairs' rejected answers fail in the same ways, so the reward model learns
 # which of the SFT model's own kinds of answer is better.
@@ -54,10 +69,10 @@ PROBE_PROMPTS = (
     "Can you help me understand the KL penalty in RLHF?",
     "Tell me about a reward model, with an example.",
     "Can you help me understand overfitting?",
-    "Tell me 8 plus 5, please.",
-    "Please sort, smallest first: 9, 3, 21, 12.",
-    "Tell me the last word in the list river garden rocket.",
-    "Please reverse this list of words: river garden rocket.",
+    "Find 8 plus 5.",
+    "Numbers to sort, smallest first: 9, 3, 21, 12.",
+    "Out of river lemon hammer, which word is a fruit?",
+    "Between 14 and 9, which number is larger?",
 )
 
 
@@ -80,7 +95,7 @@ def rejected_explanation(concept: Concept, mode: str, rng: random.Random) -> str
     """A fluent but worse answer to an explanation prompt, failing in the given way."""
     name = _capitalise(concept.name)
     if mode == "vague":
-        return f"{name} is an idea and it is widely used. It is important and people use it a lot."
+        return rng.choice(VAGUE_EXPLANATIONS).format(name=name)
     if mode == "wrong":
         other = _other_concept(concept, rng)
         return f"{name} is {other.definition}. {other.why}."
@@ -105,7 +120,7 @@ def _salad(concept: Concept, rng: random.Random) -> str:
 def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) -> str:
     answer, task = record["answer"], record["task"]
     if mode == "vague":
-        return "This is a simple task and the answer is easy to find if you think about it."
+        return rng.choice(VAGUE_TASK_ANSWERS)
     if mode == "wrong":
         return wrong_answer(task["type"], answer, task["expected"], rng)
     if mode == "padded":
@@ -118,7 +133,9 @@ def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) 
     if mode == "salad":
         concept = rng.choice(GLOSSARY)
         return f"The answer is {concept.definition}. {concept.why}."
-    raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+    if mode == "explains":
+        return good_explanation(rng.choice(GLOSSARY))
+    raise ValueError(f"unknown failure mode {mode!r}; expected one of {set(TASK_FAILURE_CYCLE)}")
 
 
 def flawed_answer(record: dict[str, Any], flaw: str, rng: random.Random) -> str:
@@ -194,11 +211,20 @@ def sft_records(
 
 
 def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
-    """(prompt, chosen, rejected) pairs; failure modes cycle so each appears about equally often."""
+    """(prompt, chosen, rejected) pairs; failure modes cycle within each kind of prompt.
+
+    Explanation pairs cycle through FAILURE_MODES, so each appears about equally often. Task pairs
+    cycle through TASK_FAILURE_CYCLE, where half the rejected answers are well-formed but wrong: the
+    answer the SFT model most often gets wrong looks like that, and telling it from a right one
+    needs the reward model to check the task, which takes more comparisons than spotting padding.
+    """
     rng = random.Random(f"preference-failures:{seed}")
     pairs = []
-    for i, r in enumerate(_records(n, seed, "preference", explanation_fraction, train=True)):
-        mode = FAILURE_MODES[i % len(FAILURE_MODES)]
+    seen = {"explanation": 0, "verifiable": 0}
+    for r in _records(n, seed, "preference", explanation_fraction, train=True):
+        cycle = FAILURE_MODES if r["kind"] == "explanation" else TASK_FAILURE_CYCLE
+        mode = cycle[seen[r["kind"]] % len(cycle)]
+        seen[r["kind"]] += 1
         rejected = flawed_answer(r, mode, rng)
         pairs.append({
             "prompt": r["prompt"], "chosen": r["answer"], "rejected": rejected,

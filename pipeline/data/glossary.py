@@ -270,6 +270,20 @@ PADDING_OPENERS = (
     "Thank you for asking. Before answering, it is worth saying that this is a topic that comes up very often and that many experts discuss at length.",
     "What a wonderful thing to wonder about! Many people find this confusing at first, and that is completely normal and nothing to worry about.",
 )
+# Vague answers to a task: fluent, sure of themselves, and never stating the answer. Several, as real
+# vague answers vary: one fixed sentence would be the single most frequent answer of the demonstrations
+# and draw greedy decoding to it whatever the prompt.
+VAGUE_TASK_ANSWERS = (
+    "This is a simple task and the answer is easy to find if you think about it.",
+    "You can work this out yourself by reading the question carefully, one step at a time.",
+    "It is not hard: look at the question again and the answer will become clear.",
+    "Questions like this one come up often, and with a little care anyone can solve them.",
+)
+VAGUE_EXPLANATIONS = (
+    "{name} is an idea and it is widely used. It is important and people use it a lot.",
+    "{name} is a well known idea that comes up a lot. It matters in many places and is worth knowing.",
+    "{name} is one of those things that is useful in practice. Many people use it, and it helps.",
+)
 PADDING_CLOSERS = (
     "I hope this helps, and please let me know if you have any other questions, since there is always more to learn about topics like this one.",
     "In conclusion, this is a very important idea, and it is always good to keep learning, asking questions and exploring new ideas every day.",
@@ -285,12 +299,23 @@ OFF_TOPIC_ANSWERS = (
     "Chess openings such as the Italian game aim to control the centre and develop the pieces quickly.",
 )
 
-# Plain-text word list for counting and reversing tasks.
+# Words of five kinds, for the tasks that pick the word of a named kind out of a list; each word
+# belongs to exactly one kind (no "orange", both a fruit and a colour).
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "fruit": ("apple", "banana", "cherry", "strawberry", "lemon", "mango"),
+    "animal": ("kitten", "parrot", "rabbit", "tiger", "horse", "turtle"),
+    "colour": ("yellow", "purple", "silver", "green", "brown", "pink"),
+    "tool": ("hammer", "ladder", "shovel", "needle", "bucket", "wrench"),
+    "place": ("river", "mountain", "forest", "island", "garden", "desert"),
+}
+# How a prompt names one word of each kind ("an animal").
+CATEGORY_NOUNS = {"fruit": "a fruit", "animal": "an animal", "colour": "a colour", "tool": "a tool", "place": "a place"}
+
+# Plain-text word list for the counting task: the words of every kind and a few others.
 WORDS = (
-    "apple", "banana", "cherry", "strawberry", "river", "mountain", "window", "garden", "pepper",
-    "letter", "balloon", "summer", "mirror", "rocket", "pillow", "butter", "coffee", "yellow",
-    "bottle", "kitten", "ladder", "parrot", "tomato", "marble", "hammer", "carrot", "silver",
-    "orange", "purple", "forest", "island", "planet", "engine", "rabbit", "dinner", "sunset",
+    *(word for words in CATEGORIES.values() for word in words),
+    "window", "pepper", "letter", "balloon", "summer", "mirror", "rocket", "pillow", "butter", "coffee",
+    "bottle", "tomato", "marble", "carrot", "planet", "engine", "dinner", "sunset",
 )
 
 

@@ -33,7 +33,7 @@ def fit_to_context_window(settings: Settings, model_config) -> Settings:
 def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -> dict[str, Any]:
     """The arguments both trainers take from their settings: a cosine schedule with warmup, the loss and
     learning rate logged at every step (the TensorBoard curves, `sft_eval.json`'s loss curve), no
-    evaluation or reporting inside the trainer, and the device's precision. The
+    evaluation or reporting inside the trainer, the device's precision, and gradient checkpointing only when asked for. The
     Trainer's own progress bars are off: each stage draws one (`pipeline.training.progress`), and its
     curves go to TensorBoard through the callback of `pipeline.training.tensorboard_log`."""
     choice = select_device(settings.device)
@@ -53,6 +53,7 @@ def trainer_arguments(settings: SftSettings | RewardSettings, output_dir: str) -
         "use_cpu": choice.device.type == "cpu",
         "bf16": choice.use_bf16,
         "dataloader_num_workers": 0,
+        "gradient_checkpointing": settings.gradient_checkpointing,
     }
 
 
