@@ -36,7 +36,10 @@ def test_prompts_are_unique_within_each_set():
 
 def test_preference_pairs_cover_every_failure_mode_and_length_does_not_give_the_label_away():
     pairs = gen.preference_records(400, 0)
-    assert {p["failure_mode"] for p in pairs} == set(gen.FAILURE_MODES)
+    assert {p["failure_mode"] for p in pairs if p["kind"] == "explanation"} == set(gen.FAILURE_MODES)
+    task_modes = [p["failure_mode"] for p in pairs if p["kind"] == "verifiable"]
+    assert set(task_modes) == set(gen.TASK_FAILURE_CYCLE)
+    assert 0.4 <= task_modes.count("wrong") / len(task_modes) <= 0.6  # the hard pairs: well-formed, wrong answer
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     chosen_longer = sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs) / len(pairs)
     assert 0.3 < chosen_longer < 0.7, chosen_longer
