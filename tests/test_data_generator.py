@@ -156,7 +156,7 @@ def test_pick_kind_lists_hold_exactly_one_word_of_the_named_kind():
     rng = random.Random(3)
     assert len({w for words in CATEGORIES.values() for w in words}) == sum(map(len, CATEGORIES.values()))
     for _ in range(200):
-        task = make_task("pick_kind", rng, rng.randrange(5))
+        task = make_task("pick_kind", rng, rng.randrange(len(PHRASINGS["pick_kind"])))
         kind = next(k for k, noun in CATEGORY_NOUNS.items() if f" {noun}" in task["prompt"])
         listed = [w.strip("?.:,") for w in task["prompt"].split() if w.strip("?.:,") in {x for ws in CATEGORIES.values() for x in ws}]
         assert [w for w in listed if w in CATEGORIES[kind]] == [task["task"]["expected"]], task

@@ -23,54 +23,58 @@ from pipeline.data.glossary import CATEGORIES, CATEGORY_NOUNS, WORDS
 TASK_TYPES = ("add", "multiply", "sort", "count_words", "pick_kind", "larger", "next_number")
 
 # Training and evaluation phrase each task differently, so that evaluation prompts can never
-# coincide with a training prompt whatever the seeds: phrasings 0-3 train, 4 evaluates.
-# All phrasings of a task share its key word ("plus", "times", "sort", ...): a held-out
-# phrasing is new wording around a word the model has learnt, as it is for users' rephrasings.
-# No held-out phrasing starts like a held-out explanation prompt ("Tell me about ...", "Can you
-# help me ..."): a task prompt must not read as a request for an explanation.
+# coincide with a training prompt whatever the seeds: phrasings 0-7 train, 8 evaluates. Eight
+# training phrasings, because a small model learns the task rather than the wording only when the
+# wording varies. All phrasings of a task share its key word ("plus", "times", "sort", ...): a
+# held-out phrasing is new wording around a word the model has learnt, as it is for users'
+# rephrasings. No held-out phrasing starts like a held-out explanation prompt ("Tell me about ...",
+# "Can you help me ..."): a task prompt must not read as a request for an explanation.
 PHRASINGS: dict[str, tuple[str, ...]] = {
-    "add": ("What is {a} plus {b}?", "Compute {a} plus {b}.", "Work out {a} plus {b}.", "Give me {a} plus {b}.",
-            "Find {a} plus {b}."),
-    "multiply": ("What is {a} times {b}?", "Compute {a} times {b}.", "Work out {a} times {b}.", "Give me {a} times {b}.",
-                 "Find {a} times {b}."),
+    "add": (
+        "What is {a} plus {b}?", "Compute {a} plus {b}.", "Work out {a} plus {b}.", "Give me {a} plus {b}.",
+        "Calculate {a} plus {b}.", "How much is {a} plus {b}?", "Solve {a} plus {b}.", "Quick one: {a} plus {b}?",
+        "Find {a} plus {b}.",
+    ),
+    "multiply": (
+        "What is {a} times {b}?", "Compute {a} times {b}.", "Work out {a} times {b}.", "Give me {a} times {b}.",
+        "Calculate {a} times {b}.", "How much is {a} times {b}?", "Solve {a} times {b}.", "Quick one: {a} times {b}?",
+        "Find {a} times {b}.",
+    ),
     "sort": (
-        "Sort these numbers from smallest to largest: {items}.",
-        "Sort the numbers {items} in increasing order.",
-        "Sort this list of numbers: {items}.",
-        "Can you sort {items}?",
+        "Sort these numbers from smallest to largest: {items}.", "Sort the numbers {items} in increasing order.",
+        "Sort this list of numbers: {items}.", "Can you sort {items}?", "Sort {items}, smallest first.",
+        "I need {items} sorted.", "Put these in sorted order: {items}.", "Sort, please: {items}.",
         "Numbers to sort, smallest first: {items}.",
     ),
     "count_words": (
-        "How many words are in this list: {words}?",
-        "Count the words in this list: {words}.",
-        "Count how many words there are: {words}.",
-        "How many words does this list have: {words}?",
+        "How many words are in this list: {words}?", "Count the words in this list: {words}.",
+        "Count how many words there are: {words}.", "How many words does this list have: {words}?",
+        "Count these words: {words}.", "What is the number of words in {words}?",
+        "Here is a list: {words}. How many words?", "Give the word count of {words}.",
         "In the list {words}, how many words are there?",
     ),
     "pick_kind": (
-        "Which word in this list is {kind}: {words}?",
-        "Find {kind} in this list: {words}.",
-        "Pick out {kind} from {words}.",
-        "Name the word that is {kind}: {words}.",
+        "Which word in this list is {kind}: {words}?", "Find {kind} in this list: {words}.",
+        "Pick out {kind} from {words}.", "Name the word that is {kind}: {words}.",
+        "Here are some words: {words}. Which is {kind}?", "One of {words} is {kind}. Which one?",
+        "Which of these words is {kind}: {words}?", "Spot {kind} among {words}.",
         "Out of {words}, which word is {kind}?",
     ),
     "larger": (
-        "Which is larger, {a} or {b}?",
-        "Which number is larger: {a} or {b}?",
-        "Pick the larger of {a} and {b}.",
-        "Of {a} and {b}, which is larger?",
+        "Which is larger, {a} or {b}?", "Which number is larger: {a} or {b}?", "Pick the larger of {a} and {b}.",
+        "Of {a} and {b}, which is larger?", "Is {a} or {b} larger?", "Name the larger number: {a} or {b}.",
+        "Which one is larger, {a} or {b}?", "Give me the larger of {a} and {b}.",
         "Between {a} and {b}, which number is larger?",
     ),
     "next_number": (
-        "What number comes after {a}?",
-        "Which number comes after {a}?",
-        "Name the number that comes after {a}.",
-        "Give me the number after {a}.",
+        "What number comes after {a}?", "Which number comes after {a}?", "Name the number that comes after {a}.",
+        "Give me the number after {a}.", "What comes after {a}?", "Which number is after {a}?",
+        "Say the number that comes after {a}.", "After {a}, what number comes?",
         "Counting up, what comes right after {a}?",
     ),
 }
-TRAIN_PHRASINGS = (0, 1, 2, 3)
-EVAL_PHRASINGS = (4,)
+TRAIN_PHRASINGS = (0, 1, 2, 3, 4, 5, 6, 7)
+EVAL_PHRASINGS = (8,)
 
 _ANSWER_PATTERN = re.compile(r"the answer is\s*:?\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
 
