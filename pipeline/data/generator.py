@@ -50,13 +50,19 @@ EVAL_TEMPLATES = (
     "Tell me about {c}, with an example.",
     "Can you help me understand {c}?",
 )
-FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad")
-# Task pairs: half the rejected answers are well-formed but wrong, and some answer a task with a fluent
-# explanation of a concept (`explains`), the answer a policy finds when the reward model scores
-# explanations above short task answers (the spot checks of PPO's answers showed it).
+# How the rejected answers of preference pairs fail. Besides the flaws of demonstrations, answers that
+# are fine in themselves but answer another question: another concept's explanation
+# (`other_concept`), a worked task (`answers_task`), or, for a task, an explanation (`explains`),
+# another task's worked answer (`other_task`) or a misread one (`misread`, below). SFT models confuse prompts that way, and a reward
+# model that never saw such pairs scores them by their form alone, which PPO then exploits (the spot
+# checks of PPO's answers showed each of them).
+FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad", "other_concept", "answers_task")
+# Task pairs: more than half the rejected answers are well-formed but wrong, either with a wrong result
+# (`wrong`) or worked for other numbers or words than the prompt's (`misread`: a copying slip, the
+# SFT model's most common error). Telling those from a right answer takes the most comparisons.
 TASK_FAILURE_CYCLE = (
-    "wrong", "vague", "wrong", "explains", "wrong", "padded", "wrong", "repetitive", "wrong", "explains",
-    "wrong", "off_topic", "wrong", "salad",
+    "wrong", "misread", "vague", "wrong", "misread", "explains", "wrong", "misread", "padded", "wrong",
+    "misread", "repetitive", "wrong", "misread", "other_task", "off_topic", "salad",
 )
 # The ways a flawed demonstration falls short: real demonstrations vary in quality and SFT imitates
 # them all; the preference pairs' rejected answers fail in the same ways, so the reward model learns
@@ -108,7 +114,17 @@ def rejected_explanation(concept: Concept, mode: str, rng: random.Random) -> str
         return rng.choice(OFF_TOPIC_ANSWERS)
     if mode == "salad":
         return _salad(concept, rng)
+    if mode == "other_concept":
+        return good_explanation(_other_concept(concept, rng))
+    if mode == "answers_task":
+        return _worked_task(rng)
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+
+
+def _worked_task(rng: random.Random, other_than: str | None = None) -> str:
+    """A good answer to a task drawn at random (of another type than `other_than`)."""
+    task_type = rng.choice([t for t in TASK_TYPES if t != other_than])
+    return make_task(task_type, rng, rng.choice(TRAIN_PHRASINGS))["answer"]
 
 
 def _salad(concept: Concept, rng: random.Random) -> str:
@@ -135,6 +151,12 @@ def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) 
         return f"The answer is {concept.definition}. {concept.why}."
     if mode == "explains":
         return good_explanation(rng.choice(GLOSSARY))
+    if mode == "other_task":
+        return _worked_task(rng, other_than=task["type"])
+    if mode == "misread":
+        while (misread := make_task(task["type"], rng, 0))["task"]["expected"] == task["expected"]:
+            pass
+        return misread["answer"]
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {set(TASK_FAILURE_CYCLE)}")
 
 
@@ -213,10 +235,8 @@ def sft_records(
 def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
     """(prompt, chosen, rejected) pairs; failure modes cycle within each kind of prompt.
 
-    Explanation pairs cycle through FAILURE_MODES, so each appears about equally often. Task pairs
-    cycle through TASK_FAILURE_CYCLE, where half the rejected answers are well-formed but wrong: the
-    answer the SFT model most often gets wrong looks like that, and telling it from a right one
-    needs the reward model to check the task, which takes more comparisons than spotting padding.
+    Explanation pairs cycle through FAILURE_MODES, so each appears about equally often; task pairs
+    through TASK_FAILURE_CYCLE, where half the rejected answers are well-formed but wrong.
     """
     rng = random.Random(f"preference-failures:{seed}")
     pairs = []
