@@ -39,10 +39,9 @@ def test_preference_pairs_cover_every_failure_mode_and_length_does_not_give_the_
     assert {p["failure_mode"] for p in pairs if p["kind"] == "explanation"} == set(gen.FAILURE_MODES)
     task_modes = [p["failure_mode"] for p in pairs if p["kind"] == "verifiable"]
     assert set(task_modes) == set(gen.TASK_FAILURE_CYCLE)
-    hard = task_modes.count("wrong") + task_modes.count("misread")  # well-formed answers with a wrong result
-    assert 0.5 <= hard / len(task_modes) <= 0.7
+    assert 0.4 <= task_modes.count("wrong") / len(task_modes) <= 0.6  # the hard pairs: well-formed, wrong result
     for pair in pairs:
-        if pair["kind"] == "verifiable" and pair["failure_mode"] in ("wrong", "misread"):
+        if pair["kind"] == "verifiable" and pair["failure_mode"] == "wrong":
             assert pair["rejected"].count("The answer is") == 1 and pair["rejected"] != pair["chosen"], pair
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     chosen_longer = sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs) / len(pairs)

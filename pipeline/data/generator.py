@@ -52,17 +52,16 @@ EVAL_TEMPLATES = (
 )
 # How the rejected answers of preference pairs fail. Besides the flaws of demonstrations, answers that
 # are fine in themselves but answer another question: another concept's explanation
-# (`other_concept`), a worked task (`answers_task`), or, for a task, an explanation (`explains`),
-# another task's worked answer (`other_task`) or a misread one (`misread`, below). SFT models confuse prompts that way, and a reward
+# (`other_concept`), a worked task (`answers_task`), or, for a task, an explanation (`explains`) or
+# another task's worked answer (`other_task`). SFT models confuse prompts that way, and a reward
 # model that never saw such pairs scores them by their form alone, which PPO then exploits (the spot
 # checks of PPO's answers showed each of them).
 FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad", "other_concept", "answers_task")
-# Task pairs: more than half the rejected answers are well-formed but wrong, either with a wrong result
-# (`wrong`) or worked for other numbers or words than the prompt's (`misread`: a copying slip, the
-# SFT model's most common error). Telling those from a right answer takes the most comparisons.
+# Task pairs: half the rejected answers are well-formed but wrong, the answer the SFT model most often
+# gets wrong looks like that, and telling it from a right one takes the most comparisons.
 TASK_FAILURE_CYCLE = (
-    "wrong", "misread", "vague", "wrong", "misread", "explains", "wrong", "misread", "padded", "wrong",
-    "misread", "repetitive", "wrong", "misread", "other_task", "off_topic", "salad",
+    "wrong", "vague", "wrong", "explains", "wrong", "padded", "wrong", "repetitive", "wrong", "other_task",
+    "wrong", "off_topic", "wrong", "salad", "wrong", "explains", "wrong", "other_task",
 )
 # The ways a flawed demonstration falls short: real demonstrations vary in quality and SFT imitates
 # them all; the preference pairs' rejected answers fail in the same ways, so the reward model learns
@@ -153,10 +152,6 @@ def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) 
         return good_explanation(rng.choice(GLOSSARY))
     if mode == "other_task":
         return _worked_task(rng, other_than=task["type"])
-    if mode == "misread":
-        while (misread := make_task(task["type"], rng, 0))["task"]["expected"] == task["expected"]:
-            pass
-        return misread["answer"]
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {set(TASK_FAILURE_CYCLE)}")
 
 
