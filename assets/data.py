@@ -72,7 +72,10 @@ class PreferenceDataConfig(TrainingDataConfig):
 
 
 class PpoPromptsConfig(TrainingDataConfig):
-    n_records: int = Field(128, gt=0)
+    n_records: int = Field(
+        512, gt=0, description="PPO's prompts (the last `n_eval_prompts` held out for its own evaluation): enough that "
+        "the default's 1024 episodes visit each about twice rather than nine times"
+    )
 
 
 class EvalPromptsConfig(DataSourceConfig):
