@@ -108,7 +108,8 @@ class SftSettings(BaseModel):
 
     learning_rate: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule)")
     epochs: float = Field(
-        5.0, gt=0, description="passes over the demonstrations; the default's held-out loss still falls at 3 and flattens by 5"
+        7.0, gt=0, description="passes over the demonstrations; on the default data the held-out loss is 0.180 after 5 and "
+        "0.161 after 7 (seed 0): more would still lower it a little, at ~10 s an epoch"
     )
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(256, gt=0, description="prompt + answer tokens; longer examples are truncated")
@@ -129,7 +130,7 @@ class SftSettings(BaseModel):
     )
     checkpoint_every_steps: int = Field(
         20, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir); "
-        "20 of the default's 340 steps, so a run killed halfway keeps 160 of them"
+        "20 of the default's 476 steps, so a run killed halfway keeps 220 of them"
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
