@@ -124,6 +124,11 @@ class SftSettings(BaseModel):
     assistant_turns: AssistantTurns = Field(
         "all", description="conversational records (`messages`): train on every assistant turn, or the last only"
     )
+    fused_lm_head: Literal["auto", "on", "off"] = Field(
+        "auto", description="compute the loss through TRL's fused, chunked LM head ('auto': on a GPU only). It saves "
+        "the memory of full logits over a large vocabulary; on a CPU its chunked kernel made the default's SFT steps "
+        "1.7x slower, for the same loss"
+    )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass to save memory (TRL turns it on by default); "
         "off is faster for a model whose activations fit, as the default's do"

@@ -61,3 +61,21 @@ def test_training_records_the_held_out_loss_curve_and_plots_it(tmp_path):
     assert len(curve) >= 4 and [p["step"] for p in curve] == sorted(p["step"] for p in curve)
     assert curve[-1]["held_out_loss"] == metrics["held_out_loss"] < metrics["held_out_loss_before"]
     assert plot_loss_curves(metrics, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_loss_on_full_logits_equals_trls_fused_lm_head_loss(tmp_path):
+    """On a CPU SFT computes the loss from the model's logits instead of TRL's fused, chunked LM head
+    (`fused_lm_head: auto`): a faster route to the same loss, and the same training."""
+    from pipeline.training.sft import train_sft
+
+    tokenizer = train_tokenizer(pretraining_text(50, 0), vocab_size=512)
+    model = build_tiny_llama(tokenizer, TinyModelSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), 0)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    metrics = {}
+    for fused in ("on", "auto"):
+        settings = SftSettings(batch_size=8, epochs=1, held_out_eval_every=0.5, n_format_samples=1, max_new_tokens=2,
+                               device="cpu", fused_lm_head=fused)
+        metrics[fused] = train_sft(tmp_path / "base", sft_records(40, 0), tmp_path / f"sft-{fused}", settings)
+    for key in ("held_out_loss_before", "held_out_loss", "train_loss"):
+        assert abs(metrics["on"][key] - metrics["auto"][key]) < 1e-4 * abs(metrics["on"][key]), key

@@ -16,6 +16,7 @@ from pipeline.settings import AssistantTurns, SftSettings
 from pipeline.storage.checkpoints import TrainingScratch
 from pipeline.training.chat_format import render_prompt
 from pipeline.training.curves import SFT_PANELS, plot_training_curves
+from pipeline.training.device import select_device
 from pipeline.training.generation import generate
 from pipeline.training.progress import quiet_trainer, trainer_progress
 from pipeline.training.tensorboard_log import ScalarLog, publish_event_files, trainer_callback
@@ -42,6 +43,27 @@ def to_prompt_completion(tokenizer, records: Sequence[dict[str, Any]], assistant
             prompts.append(prompt)
             completions.append(completion)
     return Dataset.from_dict({"prompt": prompts, "completion": completions})
+
+
+def sft_trainer_class(settings: SftSettings):
+    """TRL's `SFTTrainer`, or, where the fused LM head is off, the same trainer with the plain loss on full logits."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    fused = settings.fused_lm_head == "on" or (
+        settings.fused_lm_head == "auto" and select_device(settings.device).device.type == "cuda"
+    )
+    if fused:
+        return SFTTrainer
+
+    class SFTTrainerWithLogitsLoss(SFTTrainer):
+        """The mean cross-entropy over completion tokens from the model's own logits (`Trainer.compute_loss`):
+        the loss TRL's fused head computes, without its chunked kernel and its entropy/accuracy metrics."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    return SFTTrainerWithLogitsLoss
 
 
 def sft_config(settings: SftSettings, output_dir: str, has_eval: bool, save_checkpoints: bool = False):
@@ -73,7 +95,6 @@ def train_sft(
     to TensorBoard beside the checkpoints (a resumed run continues them) and then into `output_dir`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True)  # our artifacts are safetensors
@@ -83,7 +104,7 @@ def train_sft(
     resume_from = checkpoints.resume_from if checkpoints else None
     with scratch_dir as scratch:
         tensorboard = trainer_callback(Path(scratch), checkpoints.resume_step if checkpoints else 0)
-        trainer = SFTTrainer(
+        trainer = sft_trainer_class(settings)(
             model=model,
             args=sft_config(settings, scratch, has_eval=bool(held_out), save_checkpoints=checkpoints is not None),
             train_dataset=to_prompt_completion(tokenizer, train, settings.assistant_turns),
