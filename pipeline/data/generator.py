@@ -12,6 +12,7 @@ never uses). Every record is a plain dict so it can be written as JSONL or Parqu
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -235,11 +236,9 @@ def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> 
     """
     rng = random.Random(f"preference-failures:{seed}")
     pairs = []
-    seen = {"explanation": 0, "verifiable": 0}
+    modes = {"explanation": itertools.cycle(FAILURE_MODES), "verifiable": itertools.cycle(TASK_FAILURE_CYCLE)}
     for r in _records(n, seed, "preference", explanation_fraction, train=True):
-        cycle = FAILURE_MODES if r["kind"] == "explanation" else TASK_FAILURE_CYCLE
-        mode = cycle[seen[r["kind"]] % len(cycle)]
-        seen[r["kind"]] += 1
+        mode = next(modes[r["kind"]])
         rejected = flawed_answer(r, mode, rng)
         pairs.append({
             "prompt": r["prompt"], "chosen": r["answer"], "rejected": rejected,
