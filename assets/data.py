@@ -54,8 +54,8 @@ class TrainingDataConfig(DataSourceConfig):
 class SftDataConfig(TrainingDataConfig):
     n_records: int = Field(1200, gt=0)
     flawed_fraction: float = Field(
-        0.4, ge=0, le=1, description="share of generated demonstrations that fall short (a wrong final answer, "
-        "padding, vagueness, repetition), as real demonstrations vary: SFT imitates them all, the reward model "
+        0.4, ge=0, le=1, description="share of generated demonstrations that fall short (a wrong final answer "
+        "to a task, padding, vagueness, repetition), as real demonstrations vary: SFT imitates them all, the reward model "
         "learns from comparisons which answers are better, and PPO moves the policy towards those"
     )
 

@@ -88,10 +88,14 @@ def test_a_share_of_demonstrations_is_flawed_in_each_way_and_the_rest_are_good()
     records = gen.sft_records(400, 0, flawed_fraction=0.4)
     flawed = [r for r in records if r["flaw"]]
     assert len(flawed) == 160
-    assert {r["flaw"] for r in flawed} == set(gen.DEMONSTRATION_FLAWS)
-    counts = [sum(r["flaw"] == flaw for r in flawed) for flaw in gen.DEMONSTRATION_FLAWS]
-    assert max(counts) - min(counts) <= 1  # the flaws take turns
     assert {r["kind"] for r in flawed} == {"explanation", "verifiable"}
+    for kind, kind_flaws in gen.DEMONSTRATION_FLAWS_BY_KIND.items():
+        of_kind = [r for r in flawed if r["kind"] == kind]
+        assert {r["flaw"] for r in of_kind} == set(kind_flaws)
+        counts = [sum(r["flaw"] == flaw for r in of_kind) for flaw in kind_flaws]
+        assert max(counts) - min(counts) <= 1  # the flaws of a kind take turns
+    assert set(gen.DEMONSTRATION_FLAWS_BY_KIND["verifiable"]) == set(gen.DEMONSTRATION_FLAWS)
+    assert "wrong" not in gen.DEMONSTRATION_FLAWS_BY_KIND["explanation"]  # a wrong result is a task flaw
     clean = {r["prompt"]: r["completion"] for r in gen.sft_records(400, 0)}
     for record in records:
         assert (record["completion"] == clean[record["prompt"]]) == (record["flaw"] is None), record

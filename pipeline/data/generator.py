@@ -66,8 +66,14 @@ TASK_FAILURE_CYCLE = (
 )
 # The ways a flawed demonstration falls short: real demonstrations vary in quality and SFT imitates
 # them all; the preference pairs' rejected answers fail in the same ways, so the reward model learns
-# which of the SFT model's own kinds of answer is better.
+# which of the SFT model's own kinds of answer is better. A wrong result is a flaw of task answers
+# only: an explanation "wrong" in the same way (the concept's name over another concept's
+# definition) taught SFT to follow a name with any definition: at temperature 1, 12-19% of its
+# held-out explanation answers named the concept asked and went on about another (3-12% without
+# such demonstrations, 5 seeds; README: Does RLHF work on the default job?). Wrong explanations
+# stay among the preference pairs' rejected answers.
 DEMONSTRATION_FLAWS = ("wrong", "padded", "vague", "repetitive")
+DEMONSTRATION_FLAWS_BY_KIND = {"verifiable": DEMONSTRATION_FLAWS, "explanation": ("padded", "vague", "repetitive")}
 
 # Fixed prompts for `base_probe`: evaluation phrasings only, so they never occur in training.
 PROBE_PROMPTS = (
@@ -209,15 +215,16 @@ def sft_records(
     """Instruction/answer pairs: {"prompt", "completion", "kind", "task", "concept", "flaw"}.
 
     A `flawed_fraction` of the demonstrations (exactly round(n * flawed_fraction), spread over both
-    kinds at random) fall short in one of DEMONSTRATION_FLAWS, cycling so each flaw is equally
-    common; `flaw` names it (None for a good demonstration).
+    kinds at random) fall short in one of their kind's DEMONSTRATION_FLAWS_BY_KIND, cycling so each
+    flaw of a kind is equally common; `flaw` names it (None for a good demonstration).
     """
     if not 0 <= flawed_fraction <= 1:
         raise ValueError(f"flawed_fraction must be in [0, 1], got {flawed_fraction}")
     records = _records(n, seed, "sft", explanation_fraction, train=True)
     rng = random.Random(f"sft-flaws:{seed}")
     flawed = sorted(rng.sample(range(len(records)), round(len(records) * flawed_fraction)))
-    flaws = {index: DEMONSTRATION_FLAWS[k % len(DEMONSTRATION_FLAWS)] for k, index in enumerate(flawed)}
+    cycles = {kind: itertools.cycle(kind_flaws) for kind, kind_flaws in DEMONSTRATION_FLAWS_BY_KIND.items()}
+    flaws = {index: next(cycles[records[index]["kind"]]) for index in flawed}
     demonstrations = []
     for i, r in enumerate(records):
         flaw = flaws.get(i)
