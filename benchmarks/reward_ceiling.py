@@ -17,10 +17,13 @@ Each argument is a kept run (a `--keep` directory of rlhf_effect.py: `run_config
 
 SFT and both PPO policies then answer a fresh set of task prompts in the held-out evaluation
 phrasing (none of it is trained on), sampled at temperature 1 several times per prompt and
-greedily; the table gives each model's checker accuracy and each PPO's gain over SFT with a
-bootstrap 95% interval over prompts. If the checker-trained PPO gains little more than the
-RM-trained one, the reward model is not what limits PPO's gain: the policy is. A benchmark, not a
-test; results go to benchmarks/results/reward_ceiling.json.
+greedily. The table gives SFT's sampled checker accuracy and each PPO's gain over it with a
+bootstrap 95% interval over prompts, then where the sampled answers fall: the share with no
+single final answer ("no result": vague, repetitive, an explanation, cut off) and how often an
+answer that states one result states the right one ("right when answered"). If the
+checker-trained PPO gains little more than the RM-trained one, the reward model is not what limits
+PPO's gain; the two shares say what does. A benchmark, not a test; results go to
+benchmarks/results/reward_ceiling.json.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ import contextlib
 import json
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import yaml
 
@@ -124,21 +127,28 @@ def probe_tasks(per_type: int, seed: int) -> list[dict[str, Any]]:
     return [make_task(t, rng, rng.choice(EVAL_PHRASINGS)) for t in TASK_TYPES for _ in range(per_type)]
 
 
-def correct_per_prompt(model_dir: Path, tasks: list[dict[str, Any]], samples: int, temperature: float,
-                       max_new_tokens: int, seed: int) -> list[float]:
-    """For each task, the share of the model's `samples` answers the checker accepts."""
+def answer_kind(task: dict[str, Any], response: str) -> str:
+    """`right`, `wrong` (one final answer, not the expected one) or `no result` (none, or several)."""
     from pipeline.data.tasks import check_answer
+
+    if check_answer(task, response):
+        return "right"
+    return "wrong" if response.lower().count("the answer is") == 1 else "no result"
+
+
+def answer_kinds(model_dir: Path, tasks: list[dict[str, Any]], samples: int, temperature: float,
+                 max_new_tokens: int, seed: int) -> list[list[str]]:
+    """For each task, the kind of each of the model's `samples` answers."""
     from pipeline.training.device import select_device
     from pipeline.training.generation import generate, load_causal_lm
 
     model, tokenizer = load_causal_lm(model_dir, select_device("auto"))
     prompts = [task["prompt"] for task in tasks for _ in range(samples)]
     answers = generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size=128, seed=seed)
-    correct: dict[int, list[bool]] = defaultdict(list)
+    kinds: list[list[str]] = [[] for _ in tasks]
     for index, answer in enumerate(answers):
-        task = tasks[index // samples]
-        correct[index // samples].append(check_answer(task["task"], answer.response))
-    return [sum(correct[i]) / samples for i in range(len(tasks))]
+        kinds[index // samples].append(answer_kind(tasks[index // samples]["task"], answer.response))
+    return kinds
 
 
 def gain(ppo: list[float], sft: list[float], n_resamples: int, seed: int) -> dict[str, Any]:
@@ -149,14 +159,12 @@ def gain(ppo: list[float], sft: list[float], n_resamples: int, seed: int) -> dic
             "ci95": list(bootstrap_mean_ci(differences, n_resamples, seed))}
 
 
-def measure_run(run_dir: Path, overrides: dict[str, str], per_type: int, samples: int, work: Path,
-                train: Callable[..., Any] | None = None) -> dict[str, Any]:
+def measure_run(run_dir: Path, overrides: dict[str, str], per_type: int, samples: int, work: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from pipeline.data.records import load_data
     from pipeline.ppo.algorithm import train_ppo
 
-    train = train or train_ppo
     artifacts = run_dir / "artifacts"
     sft_dir, rm_dir = newest_artifact(artifacts, "sft_checkpoint"), newest_artifact(artifacts, "reward_model")
     records = load_data(newest_artifact(artifacts, "ppo_prompts"))
@@ -168,36 +176,43 @@ def measure_run(run_dir: Path, overrides: dict[str, str], per_type: int, samples
         out = work / reward.replace(" ", "_")
         with (checker_rewarded_ppo({r["prompt"]: r.get("task") for r in records}, AutoTokenizer.from_pretrained(sft_dir))
               if reward == "checker" else contextlib.nullcontext()):
-            summary = train(sft_dir, rm_dir, prompts, out, settings)
+            summary = train_ppo(sft_dir, rm_dir, prompts, out, settings)
         policies[reward], kl[reward] = out, summary.get("kl_to_sft")
     tasks = probe_tasks(per_type, settings.seed)
     result: dict[str, Any] = {"run": str(run_dir), "seed": settings.seed, "n_tasks": len(tasks), "samples": samples,
                               "ppo_kl_to_sft": kl, "settings_overrides": overrides}
     for decoding, temperature, n in (("sampled", 1.0, samples), ("greedy", 0.0, 1)):
-        correct = {"sft": correct_per_prompt(sft_dir, tasks, n, temperature, settings.max_new_tokens, settings.seed)}
-        for reward in REWARDS:
-            correct[reward] = correct_per_prompt(policies[reward], tasks, n, temperature, settings.max_new_tokens, settings.seed)
+        kinds = {name: answer_kinds(directory, tasks, n, temperature, settings.max_new_tokens, settings.seed)
+                 for name, directory in (("sft", sft_dir), *policies.items())}
+        correct = {name: [k.count("right") / n for k in per_task] for name, per_task in kinds.items()}
+        counts = {name: Counter(k for per_task in per_model for k in per_task) for name, per_model in kinds.items()}
         result[decoding] = {
             "accuracy": {name: sum(values) / len(values) for name, values in correct.items()},
+            # right / (right + wrong): how often an answer that states one result states the right one
+            "accuracy_when_answered": {name: c["right"] / max(c["right"] + c["wrong"], 1) for name, c in counts.items()},
+            "answer_kinds": {name: dict(c) for name, c in counts.items()},
             "gain_over_sft": {reward: gain(correct[reward], correct["sft"], 2000, settings.seed) for reward in REWARDS},
         }
     return result
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    header = ("| run | seed | SFT sampled | PPO (RM) - SFT [CI] | PPO (checker) - SFT [CI] | greedy SFT / RM / checker "
-              "| KL RM / checker |")
+    """One row per run: sampled accuracy and gains, the answers without a result, accuracy when answered, greedy, KL."""
+    header = ("| run | seed | SFT sampled | PPO (RM) - SFT [CI] | PPO (checker) - SFT [CI] | no result SFT / RM / checker "
+              "| right when answered SFT / RM / checker | greedy SFT / RM / checker | KL RM / checker |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    names = ("sft", *REWARDS)
     for r in results:
-        sampled, greedy = r["sampled"], r["greedy"]
-        cells = [f"{sampled['gain_over_sft'][w]['difference']:+.3f} [{sampled['gain_over_sft'][w]['ci95'][0]:+.3f}, "
-                 f"{sampled['gain_over_sft'][w]['ci95'][1]:+.3f}]" for w in REWARDS]
-        acc = greedy["accuracy"]
-        kl = r["ppo_kl_to_sft"]
+        sampled, greedy, kl = r["sampled"], r["greedy"], r["ppo_kl_to_sft"]
+        gains = [sampled["gain_over_sft"][w] for w in REWARDS]
+        cells = [f"{g['difference']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]" for g in gains]
+        total = r["n_tasks"] * r["samples"]
+        no_result = " / ".join(f"{sampled['answer_kinds'][m].get('no result', 0) / total:.2f}" for m in names)
+        answered = " / ".join(f"{sampled['accuracy_when_answered'][m]:.2f}" for m in names)
+        greedy_accuracy = " / ".join(f"{greedy['accuracy'][m]:.3f}" for m in names)
         lines.append(
             f"| {Path(r['run']).name} | {r['seed']} | {sampled['accuracy']['sft']:.3f} | {cells[0]} | {cells[1]} | "
-            f"{acc['sft']:.3f} / {acc['reward model']:.3f} / {acc['checker']:.3f} | "
-            f"{kl['reward model']:.2f} / {kl['checker']:.2f} |"
+            f"{no_result} | {answered} | {greedy_accuracy} | {kl['reward model']:.2f} / {kl['checker']:.2f} |"
         )
     return "\n".join(lines)
 

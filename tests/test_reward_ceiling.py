@@ -46,3 +46,23 @@ def test_settings_are_the_runs_ppo_config_with_overrides(tmp_path):
     settings = benchmark.ppo_settings(tmp_path, {"learning_rate": "3e-4"})
     assert (settings.seed, settings.total_episodes, settings.learning_rate) == (3, 512, 3e-4)
     assert benchmark.ppo_settings(tmp_path / "missing", {}).total_episodes == PpoSettings().total_episodes
+
+
+def test_answers_are_right_wrong_or_without_a_result_and_the_table_shows_the_shares():
+    benchmark = load_benchmark("reward_ceiling")
+    task = {"type": "add", "expected": "7"}
+    assert benchmark.answer_kind(task, "3 plus 4 is 7. The answer is 7.") == "right"
+    assert benchmark.answer_kind(task, "3 plus 4 is 8. The answer is 8.") == "wrong"
+    assert benchmark.answer_kind(task, "Great question, it depends.") == "no result"
+    assert benchmark.answer_kind(task, "The answer is 6. The answer is 8.") == "no result"
+    gain = {"difference": 0.05, "ci95": [0.01, 0.09]}
+    kinds = {"sft": {"right": 2, "wrong": 4, "no result": 2}, "reward model": {"right": 3, "wrong": 4, "no result": 1},
+             "checker": {"right": 4, "wrong": 4}}
+    result = {"run": "/tmp/runs/seed3", "seed": 3, "n_tasks": 2, "samples": 4,
+              "ppo_kl_to_sft": {"reward model": 1.0, "checker": 1.5},
+              "sampled": {"accuracy": {"sft": 0.25}, "gain_over_sft": {"reward model": gain, "checker": gain},
+                          "answer_kinds": kinds, "accuracy_when_answered": {"sft": 1 / 3, "reward model": 3 / 7, "checker": 0.5}},
+              "greedy": {"accuracy": {"sft": 0.5, "reward model": 0.5, "checker": 1.0}}}
+    row = benchmark.table([result]).splitlines()[2]
+    assert row.startswith("| seed3 | 3 | 0.250 | +0.050 [+0.010, +0.090] |")
+    assert "| 0.25 / 0.12 / 0.00 | 0.33 / 0.43 / 0.50 | 0.500 / 0.500 / 1.000 | 1.00 / 1.50 |" in row
