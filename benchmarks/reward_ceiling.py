@@ -101,6 +101,8 @@ def checker_rewarded_ppo(task_of_prompt: dict[str, dict[str, Any] | None], token
     def reward_scores(reward_model, packed):
         scores = originals["reward_scores"](reward_model, packed)
         rollout, prompts = step["rollout"], step["prompts"]
+        if len(prompts) != rollout.response_ids.shape[0]:  # several processes each sample a share of the prompts
+            raise RuntimeError("the checker reward is wired for one training process; run without `accelerate launch`")
         rewards = [
             checker_reward(score, task_of_prompt[prompt], to_generation(tokenizer, prompt, tokens).response)
             for score, prompt, tokens in zip(scores.tolist(), prompts, rollout.response_ids.tolist())
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per probe task")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reward_ceiling.json")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.overrides):
+        parser.error("--set takes FIELD=VALUE, e.g. --set total_episodes=2048")
     overrides = dict(item.split("=", 1) for item in args.overrides)
     results = []
     for run_dir in args.runs:
