@@ -52,11 +52,22 @@ class TrainingDataConfig(DataSourceConfig):
 
 
 class SftDataConfig(TrainingDataConfig):
-    n_records: int = Field(1200, gt=0)
+    n_records: int = Field(
+        2000, gt=0, description="demonstrations; the generator's explanation prompts run out at 480 (40 concepts x 12 "
+        "templates), the rest are tasks: the small SFT model learns the tasks from them (README: Does RLHF work on the "
+        "default job?)"
+    )
     flawed_fraction: float = Field(
-        0.4, ge=0, le=1, description="share of generated demonstrations that fall short (a wrong final answer "
-        "to a task, padding, vagueness, repetition), as real demonstrations vary: SFT imitates them all, the reward model "
-        "learns from comparisons which answers are better, and PPO moves the policy towards those"
+        0.4, ge=0, le=1, description="share of generated demonstrations that fall short, as real demonstrations vary: "
+        "SFT imitates them all, the reward model learns from comparisons which answers are better, and PPO moves the "
+        "policy towards those"
+    )
+    task_flaws: list[str] = Field(
+        ["repetitive"], description="how flawed task demonstrations fall short, cycled (a flaw named twice is twice as "
+        "common): wrong (a wrong result), padded, vague, repetitive (the working repeated, no final answer)"
+    )
+    explanation_flaws: list[str] = Field(
+        ["repetitive"], description="how flawed explanation demonstrations fall short, cycled: padded, vague, repetitive"
     )
 
 
@@ -195,6 +206,7 @@ def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts
     else:
         records, source = generator.sft_records(
             config.n_records, config.seed, config.explanation_fraction, config.flawed_fraction,
+            {"verifiable": config.task_flaws, "explanation": config.explanation_flaws},
         ), None
     return _materialize_data(context, artifacts, records, ("prompt", "completion"), source, config)
 

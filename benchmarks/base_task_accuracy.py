@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks-per-document", type=int, default=PretrainSettings().pretrain_tasks_per_document)
     parser.add_argument("--learning-rate", type=float, default=PretrainSettings().pretrain_learning_rate)
     parser.add_argument("--layers", type=int, default=TinyModelSpec().num_layers, help="transformer layers of the tiny model")
+    parser.add_argument("--hidden-size", type=int, default=TinyModelSpec().hidden_size,
+                        help="width of the tiny model (the MLP stays 3x as wide)")
     parser.add_argument("--every", type=int, default=100, help="probe every N steps (and at the end)")
     parser.add_argument("--per-type", type=int, default=8, help="probe questions per task type and phrasing set")
     parser.add_argument("--seed", type=int, default=0)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    spec = TinyModelSpec(num_layers=args.layers)
+    spec = TinyModelSpec(num_layers=args.layers, hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size)
     settings = PretrainSettings(
         pretrain_steps=args.steps, pretrain_tasks_per_document=args.tasks_per_document,
         pretrain_learning_rate=args.learning_rate, seed=args.seed,

@@ -113,8 +113,8 @@ class SftSettings(BaseModel):
 
     learning_rate: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule)")
     epochs: float = Field(
-        7.0, gt=0, description="passes over the demonstrations; on the default data the held-out loss is 0.180 after 5 and "
-        "0.165 after 7 (seed 0): more would still lower it a little, at ~7 s an epoch on 2 CPU cores"
+        7.0, gt=0, description="passes over the demonstrations; on the default data (seed 0) the held-out loss levels off "
+        "under the cosine schedule: 0.146 at step 640 of 791, 0.137 at 720 and at the end, ~9 s an epoch on 2 CPU cores"
     )
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(256, gt=0, description="prompt + answer tokens; longer examples are truncated")
@@ -137,7 +137,7 @@ class SftSettings(BaseModel):
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING_HELP)
     checkpoint_every_steps: int = Field(
         20, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir); "
-        "20 of the default's 476 steps, so a run killed halfway keeps 220 of them"
+        "20 of the default's 791 steps, so a run killed halfway keeps 380 of them"
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")

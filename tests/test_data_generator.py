@@ -1,6 +1,8 @@
 import hashlib
 import json
 
+import pytest
+
 from pipeline.data import generator as gen
 from pipeline.data.tasks import PHRASINGS, TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
 
@@ -84,24 +86,46 @@ def test_pretraining_text_is_plain_prose_without_chat_markers():
     assert not any("<|user|>" in d or "<|assistant|>" in d for d in documents)
 
 
-def test_a_share_of_demonstrations_is_flawed_in_each_way_and_the_rest_are_good():
-    records = gen.sft_records(400, 0, flawed_fraction=0.4)
+def _assert_flaws_take_turns(records, flaws_by_kind):
     flawed = [r for r in records if r["flaw"]]
-    assert len(flawed) == 160
     assert {r["kind"] for r in flawed} == {"explanation", "verifiable"}
-    for kind, kind_flaws in gen.DEMONSTRATION_FLAWS_BY_KIND.items():
+    for kind, kind_flaws in flaws_by_kind.items():
         of_kind = [r for r in flawed if r["kind"] == kind]
         assert {r["flaw"] for r in of_kind} == set(kind_flaws)
-        counts = [sum(r["flaw"] == flaw for r in of_kind) for flaw in kind_flaws]
-        assert max(counts) - min(counts) <= 1  # the flaws of a kind take turns
-    assert set(gen.DEMONSTRATION_FLAWS_BY_KIND["verifiable"]) == set(gen.DEMONSTRATION_FLAWS)
-    assert "wrong" not in gen.DEMONSTRATION_FLAWS_BY_KIND["explanation"]  # a wrong result is a task flaw
+        counts = {flaw: sum(r["flaw"] == flaw for r in of_kind) for flaw in set(kind_flaws)}
+        shares = [counts[flaw] / kind_flaws.count(flaw) for flaw in counts]
+        assert max(shares) - min(shares) <= 1  # the flaws of a kind take turns, a flaw named twice twice as often
+
+
+def test_a_share_of_demonstrations_is_flawed_in_each_way_and_the_rest_are_good():
+    mixed = {"verifiable": ("wrong", "padded", "vague", "repetitive", "repetitive"), "explanation": ("padded", "vague")}
     clean = {r["prompt"]: r["completion"] for r in gen.sft_records(400, 0)}
-    for record in records:
-        assert (record["completion"] == clean[record["prompt"]]) == (record["flaw"] is None), record
-        if record["flaw"] in ("wrong", "vague", "repetitive") and record["kind"] == "verifiable":
-            assert not check_answer(record["task"], record["completion"]), record
+    for flaws_by_kind in (gen.DEMONSTRATION_FLAWS_BY_KIND, mixed):
+        records = gen.sft_records(400, 0, flawed_fraction=0.4, flaws_by_kind=flaws_by_kind)
+        assert sum(r["flaw"] is not None for r in records) == 160
+        _assert_flaws_take_turns(records, flaws_by_kind)
+        for record in records:
+            assert (record["completion"] == clean[record["prompt"]]) == (record["flaw"] is None), record
+            if record["flaw"] in ("wrong", "vague", "repetitive") and record["kind"] == "verifiable":
+                assert not check_answer(record["task"], record["completion"]), record
     assert all(r["flaw"] is None for r in gen.sft_records(100, 0))
+
+
+def test_the_default_flaw_repeats_the_right_working_without_a_final_answer():
+    records = gen.sft_records(400, 0, flawed_fraction=0.4)
+    clean = {r["prompt"]: r["completion"] for r in gen.sft_records(400, 0)}
+    assert {r["flaw"] for r in records} == {None, "repetitive"}
+    for record in (r for r in records if r["flaw"]):
+        working = clean[record["prompt"]].split(". ")[0].rstrip(".")
+        assert record["completion"].count(working) >= 2 and "The answer is" not in record["completion"], record
+
+
+@pytest.mark.parametrize("flaws_by_kind", [
+    {"verifiable": ()}, {"verifiable": ("sloppy",)}, {"explanation": ("wrong",)}, {"dialogue": ("vague",)},
+])
+def test_unknown_or_misplaced_flaws_are_refused(flaws_by_kind):
+    with pytest.raises(ValueError, match="demonstrations can be flawed as"):
+        gen.sft_records(40, 0, flawed_fraction=0.4, flaws_by_kind=flaws_by_kind)
 
 
 def test_checker_accepts_every_task_types_good_answer_in_every_phrasing():
@@ -167,3 +191,10 @@ def test_pick_kind_lists_hold_exactly_one_word_of_the_named_kind():
         kind = next(k for k, noun in CATEGORY_NOUNS.items() if f" {noun}" in task["prompt"])
         listed = [w.strip("?.:,") for w in task["prompt"].split() if w.strip("?.:,") in {x for ws in CATEGORIES.values() for x in ws}]
         assert [w for w in listed if w in CATEGORIES[kind]] == [task["task"]["expected"]], task
+
+
+def test_no_task_phrasing_starts_like_a_held_out_explanation_prompt():
+    openings = {" ".join(template.split()[:2]).lower() for template in gen.EVAL_TEMPLATES}
+    for task_type, phrasings in PHRASINGS.items():
+        for phrasing in phrasings:
+            assert " ".join(phrasing.split()[:2]).lower() not in openings, (task_type, phrasing)

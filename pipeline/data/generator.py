@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.data.glossary import (
@@ -64,16 +65,22 @@ TASK_FAILURE_CYCLE = (
     "wrong", "vague", "wrong", "explains", "wrong", "padded", "wrong", "repetitive", "wrong", "other_task",
     "wrong", "off_topic", "wrong", "salad", "wrong", "explains", "wrong", "other_task",
 )
-# The ways a flawed demonstration falls short: real demonstrations vary in quality and SFT imitates
-# them all; the preference pairs' rejected answers fail in the same ways, so the reward model learns
-# which of the SFT model's own kinds of answer is better. A wrong result is a flaw of task answers
-# only: an explanation "wrong" in the same way (the concept's name over another concept's
-# definition) taught SFT to follow a name with any definition: at temperature 1, 12-19% of its
-# held-out explanation answers named the concept asked and went on about another (3-12% without
-# such demonstrations, 5 seeds; README: Does RLHF work on the default job?). Wrong explanations
-# stay among the preference pairs' rejected answers.
+# The ways a flawed demonstration can fall short: real demonstrations vary in quality and SFT imitates
+# them all; the preference pairs' rejected answers fail in the same ways (and more), so the reward
+# model learns which of the SFT model's own kinds of answer is better. A wrong result is a flaw of
+# task answers only: an explanation "wrong" in the same way (the concept's name over another concept's
+# definition) taught SFT to follow a name with any definition.
 DEMONSTRATION_FLAWS = ("wrong", "padded", "vague", "repetitive")
-DEMONSTRATION_FLAWS_BY_KIND = {"verifiable": DEMONSTRATION_FLAWS, "explanation": ("padded", "vague", "repetitive")}
+# The default's flawed demonstrations are repetitive: they show the right working (a task's result, a
+# concept's definition) over and over and never finish with a final answer. Flaws that teach the task
+# itself wrongly cost the small SFT model what PPO cannot give back: with a quarter each of wrong,
+# padded, vague and repetitive task demonstrations, its sampled held-out answers that state a result
+# were right 27% of the time, with repetitive ones only 38-40% (seed 0; 54% with 2000
+# demonstrations), and padded explanations, whose long opener comes between the question and the
+# answer, drew it to another concept's definition (README: Does RLHF work on the default job?). PPO
+# removes the unfinished answers, which is the improvement comparisons can teach. The other flaws
+# stay selectable (`sft_data`'s `task_flaws`, `explanation_flaws`) and among the rejected answers.
+DEMONSTRATION_FLAWS_BY_KIND = {"verifiable": ("repetitive",), "explanation": ("repetitive",)}
 
 # Fixed prompts for `base_probe`: evaluation phrasings only, so they never occur in training.
 PROBE_PROMPTS = (
@@ -211,19 +218,27 @@ def _records(n: int, seed: int, salt: str, explanation_fraction: float, train: b
 
 def sft_records(
     n: int, seed: int, explanation_fraction: float = 0.5, flawed_fraction: float = 0.0,
+    flaws_by_kind: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Instruction/answer pairs: {"prompt", "completion", "kind", "task", "concept", "flaw"}.
 
     A `flawed_fraction` of the demonstrations (exactly round(n * flawed_fraction), spread over both
     kinds at random) fall short in one of their kind's DEMONSTRATION_FLAWS_BY_KIND, cycling so each
     flaw of a kind is equally common; `flaw` names it (None for a good demonstration).
+    `flaws_by_kind` replaces the cycle of a kind ("verifiable", "explanation"); a flaw named twice
+    is twice as common.
     """
     if not 0 <= flawed_fraction <= 1:
         raise ValueError(f"flawed_fraction must be in [0, 1], got {flawed_fraction}")
+    flaws_by_kind = {**DEMONSTRATION_FLAWS_BY_KIND, **(flaws_by_kind or {})}
+    for kind, kind_flaws in flaws_by_kind.items():
+        allowed = DEMONSTRATION_FLAWS if kind == "verifiable" else tuple(f for f in DEMONSTRATION_FLAWS if f != "wrong")
+        if kind not in DEMONSTRATION_FLAWS_BY_KIND or not kind_flaws or set(kind_flaws) - set(allowed):
+            raise ValueError(f"{kind} demonstrations can be flawed as some of {allowed}, got {list(kind_flaws)}")
     records = _records(n, seed, "sft", explanation_fraction, train=True)
     rng = random.Random(f"sft-flaws:{seed}")
     flawed = sorted(rng.sample(range(len(records)), round(len(records) * flawed_fraction)))
-    cycles = {kind: itertools.cycle(kind_flaws) for kind, kind_flaws in DEMONSTRATION_FLAWS_BY_KIND.items()}
+    cycles = {kind: itertools.cycle(kind_flaws) for kind, kind_flaws in flaws_by_kind.items()}
     flaws = {index: next(cycles[records[index]["kind"]]) for index in flawed}
     demonstrations = []
     for i, r in enumerate(records):

@@ -27,8 +27,10 @@ TASK_TYPES = ("add", "multiply", "sort", "count_words", "pick_kind", "larger", "
 # training phrasings, because a small model learns the task rather than the wording only when the
 # wording varies. All phrasings of a task share its key word ("plus", "times", "sort", ...): a
 # held-out phrasing is new wording around a word the model has learnt, as it is for users'
-# rephrasings. No held-out phrasing starts like a held-out explanation prompt ("Tell me about ...",
-# "Can you help me ..."): a task prompt must not read as a request for an explanation.
+# rephrasings. No task phrasing starts like a held-out explanation prompt ("Tell me about ...",
+# "Can you help me ..."): a task prompt must not read as a request for an explanation, nor the other
+# way round (with "Can you sort ...?" among the training phrasings, SFT answered held-out "Can you
+# help me understand ...?" prompts by sorting numbers).
 PHRASINGS: dict[str, tuple[str, ...]] = {
     "add": (
         "What is {a} plus {b}?", "Compute {a} plus {b}.", "Work out {a} plus {b}.", "Give me {a} plus {b}.",
@@ -42,7 +44,7 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
     ),
     "sort": (
         "Sort these numbers from smallest to largest: {items}.", "Sort the numbers {items} in increasing order.",
-        "Sort this list of numbers: {items}.", "Can you sort {items}?", "Sort {items}, smallest first.",
+        "Sort this list of numbers: {items}.", "Please sort {items}.", "Sort {items}, smallest first.",
         "I need {items} sorted.", "Put these in sorted order: {items}.", "Sort, please: {items}.",
         "Numbers to sort, smallest first: {items}.",
     ),
