@@ -90,7 +90,10 @@ class PpoPromptsConfig(TrainingDataConfig):
 
 
 class EvalPromptsConfig(DataSourceConfig):
-    n_records: int = Field(64, gt=0)
+    n_records: int = Field(
+        128, gt=0, description="held-out prompts, half of them tasks: with 32 tasks (4 samples each) a gain of PPO "
+        "over SFT had an interval about +-0.12 wide; 64 narrow it to about +-0.085 for ~11 s more on 2 CPU cores"
+    )
 
 
 def _length_stats(records: list[dict[str, Any]], field: str) -> dict[str, float]:

@@ -259,7 +259,7 @@ def test_no_eval_prompt_occurs_in_any_training_asset_on_the_default_data():
 
     eval_config = EvalPromptsConfig()
     eval_prompts = {_normalised(r["prompt"]) for r in prompt_records(eval_config.n_records, eval_config.seed, "eval")}
-    assert len(eval_prompts) == eval_config.n_records == 64
+    assert len(eval_prompts) == eval_config.n_records == 128
     training_prompts = {
         "sft_data": sft_records(SftDataConfig().n_records, SftDataConfig().seed),
         "preference_data": preference_records(PreferenceDataConfig().n_records, PreferenceDataConfig().seed),
