@@ -92,7 +92,7 @@ class PpoPromptsConfig(TrainingDataConfig):
 class EvalPromptsConfig(DataSourceConfig):
     n_records: int = Field(
         128, gt=0, description="held-out prompts, half of them tasks: with 32 tasks (4 samples each) a gain of PPO "
-        "over SFT had an interval about +-0.12 wide; 64 narrow it to about +-0.085 for ~11 s more on 2 CPU cores"
+        "over SFT had an interval about +-0.12 wide; 64 narrow it to about +-0.085 for ~8 s more on 2 CPU cores"
     )
 
 

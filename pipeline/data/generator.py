@@ -73,13 +73,14 @@ TASK_FAILURE_CYCLE = (
 DEMONSTRATION_FLAWS = ("wrong", "padded", "vague", "repetitive")
 # The default's flawed demonstrations are repetitive: they show the right working (a task's result, a
 # concept's definition) over and over and never finish with a final answer. Flaws that teach the task
-# itself wrongly cost the small SFT model what PPO cannot give back: with a quarter each of wrong,
-# padded, vague and repetitive task demonstrations, its sampled held-out answers that state a result
-# were right 27% of the time, with repetitive ones only 38-40% (seed 0; 54% with 2000
-# demonstrations), and padded explanations, whose long opener comes between the question and the
-# answer, drew it to another concept's definition (README: Does RLHF work on the default job?). PPO
-# removes the unfinished answers, which is the improvement comparisons can teach. The other flaws
-# stay selectable (`sft_data`'s `task_flaws`, `explanation_flaws`) and among the rejected answers.
+# itself wrongly cost the small SFT model what PPO cannot give back: of its sampled held-out answers
+# that state a result, 35% were right after 2000 demonstrations with a quarter each of wrong,
+# padded, vague and repetitive task flaws, 59% with repetitive ones, 61% with none flawed; padded
+# and vague explanations, a padded one's long opener coming between the question and the answer,
+# drew it to another concept's definition (benchmarks/sft_flaws.py, seed 0; README: Does RLHF work
+# on the default job?). PPO removes the unfinished answers, which is the improvement comparisons can
+# teach. The other flaws stay selectable (`sft_data`'s `task_flaws`, `explanation_flaws`) and among
+# the rejected answers.
 DEMONSTRATION_FLAWS_BY_KIND = {"verifiable": ("repetitive",), "explanation": ("repetitive",)}
 
 # Fixed prompts for `base_probe`: evaluation phrasings only, so they never occur in training.
