@@ -1,6 +1,7 @@
 """Evaluation on real (tiny, random) models: KL estimation, the whole `evaluate`, the asset and its WARN check."""
 
 import json
+import statistics
 from pathlib import Path
 
 import dagster as dg
@@ -67,10 +68,20 @@ def test_kl_samples_are_scored_consistently_with_sampling(tiny_models):
     # Each prompt's answers come together, decoded from the rollout up to its EOS.
     assert [g.prompt for g in samples.generations] == [p for p in prompts for _ in range(2)]
     assert all(g.n_tokens <= 6 for g in samples.generations)
-    # A policy has zero KL to itself, and a perturbed one has positive KL to the original.
+    # A policy has zero KL to itself, and one moved well away from the reference a clearly positive KL to
+    # it. The per-sequence log-ratio is an unbiased but noisy estimate: ppo (0.05 of noise on SFT's
+    # weights) is too close to SFT for 10 short samples to give its sign, so this policy moves further.
     assert kl_to_reference(samples, ppo)["per_sequence"] == pytest.approx([0.0] * 10, abs=1e-5)
-    kl = kl_to_reference(samples, sft)
-    assert sum(kl["per_sequence"]) > 0 and kl["n_tokens"] > 0
+    far, _ = _load(tiny_models["sft"])
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in far.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    far_samples = sample_answers(far, tokenizer, prompts, samples_per_prompt=16, temperature=1.0, max_new_tokens=6,
+                                 batch_size=16, seed=0, with_logprobs=True)
+    kl = kl_to_reference(far_samples, sft)
+    standard_error = statistics.stdev(kl["per_sequence"]) / len(kl["per_sequence"]) ** 0.5
+    assert statistics.mean(kl["per_sequence"]) > 4 * standard_error and kl["n_tokens"] > 0
     for rollout in samples.batches:
         assert torch.equal(sequence_logprobs(ppo, rollout), sequence_logprobs(ppo, rollout))
 
