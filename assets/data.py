@@ -63,11 +63,11 @@ class SftDataConfig(TrainingDataConfig):
         "policy towards those"
     )
     task_flaws: list[str] = Field(
-        ["repetitive"], description="how flawed task demonstrations fall short, cycled (a flaw named twice is twice as "
+        list(generator.DEFAULT_DEMONSTRATION_FLAWS["verifiable"]), description="how flawed task demonstrations fall short, cycled (a flaw named twice is twice as "
         "common): wrong (a wrong result), padded, vague, repetitive (the working repeated, no final answer)"
     )
     explanation_flaws: list[str] = Field(
-        ["repetitive"], description="how flawed explanation demonstrations fall short, cycled: padded, vague, repetitive"
+        list(generator.DEFAULT_DEMONSTRATION_FLAWS["explanation"]), description="how flawed explanation demonstrations fall short, cycled: padded, vague, repetitive"
     )
 
 

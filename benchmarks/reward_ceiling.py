@@ -52,13 +52,18 @@ def newest_artifact(artifacts: Path, asset: str) -> Path:
     return found[-1]
 
 
+def run_config_entry(run_dir: Path, asset: str) -> dict[str, Any]:
+    """The `config` of one asset in the run's run config (empty when the run or the entry has none)."""
+    config_path = run_dir / "run_config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    return (((config or {}).get("ops") or {}).get(asset) or {}).get("config") or {}
+
+
 def ppo_settings(run_dir: Path, overrides: dict[str, str]):
     """The run's PPO settings (its run config's `ppo_policy` entry over the defaults), with overrides."""
     from pipeline.settings import PpoSettings
 
-    config_path = run_dir / "run_config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    entry = (config or {}).get("ops", {}).get("ppo_policy", {}).get("config", {})
+    entry = run_config_entry(run_dir, "ppo_policy")
     values = {k: v for k, v in entry.items() if k in PpoSettings.model_fields}
     return PpoSettings.model_validate({**values, **overrides})
 
@@ -153,6 +158,17 @@ def answer_kinds(model_dir: Path, tasks: list[dict[str, Any]], samples: int, tem
     return kinds
 
 
+def answer_shares(kinds: list[list[str]]) -> dict[str, float]:
+    """Of all the answers (`kinds` per task): the share right, the share without a result, and how often an
+    answer that states one result states the right one (right / (right + wrong); 0 when none does)."""
+    counts = Counter(kind for per_task in kinds for kind in per_task)
+    return {
+        "accuracy": counts["right"] / sum(counts.values()),
+        "no_result": counts["no result"] / sum(counts.values()),
+        "right_when_answered": counts["right"] / max(counts["right"] + counts["wrong"], 1),
+    }
+
+
 def gain(ppo: list[float], sft: list[float], n_resamples: int, seed: int) -> dict[str, Any]:
     from pipeline.evaluation.metrics import bootstrap_mean_ci
 
@@ -190,8 +206,7 @@ def measure_run(run_dir: Path, overrides: dict[str, str], per_type: int, samples
         counts = {name: Counter(k for per_task in per_model for k in per_task) for name, per_model in kinds.items()}
         result[decoding] = {
             "accuracy": {name: sum(values) / len(values) for name, values in correct.items()},
-            # right / (right + wrong): how often an answer that states one result states the right one
-            "accuracy_when_answered": {name: c["right"] / max(c["right"] + c["wrong"], 1) for name, c in counts.items()},
+            "accuracy_when_answered": {name: answer_shares(k)["right_when_answered"] for name, k in kinds.items()},
             "answer_kinds": {name: dict(c) for name, c in counts.items()},
             "gain_over_sft": {reward: gain(correct[reward], correct["sft"], 2000, settings.seed) for reward in REWARDS},
         }

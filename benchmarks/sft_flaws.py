@@ -30,50 +30,38 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark whose probe this one shares
-from reward_ceiling import RESULTS_DIR, answer_kinds, newest_artifact, probe_tasks  # noqa: E402
+from reward_ceiling import (  # noqa: E402
+    RESULTS_DIR, answer_kinds, answer_shares, newest_artifact, probe_tasks, run_config_entry,
+)
 
 
 def concept_match(model_dir: Path, samples: int, seed: int) -> float:
     """Share of sampled answers to the held-out explanation prompts that are about the concept asked."""
     from pipeline.data.generator import EVAL_TEMPLATES
-    from pipeline.data.glossary import GLOSSARY, closest_concept
+    from pipeline.data.glossary import GLOSSARY
+    from pipeline.evaluation.evaluate import concept_matched
     from pipeline.training.device import select_device
     from pipeline.training.generation import generate, load_causal_lm
 
     model, tokenizer = load_causal_lm(model_dir, select_device("auto"))
-    asked = [(template.format(c=concept.name), concept.name) for concept in GLOSSARY for template in EVAL_TEMPLATES]
-    prompts = [prompt for prompt, _ in asked for _ in range(samples)]
-    answers = generate(model, tokenizer, prompts, 96, 1.0, batch_size=128, seed=seed)
-    matched = [
-        (found := closest_concept(answer.response)) is not None and found.name == asked[index // samples][1]
-        for index, answer in enumerate(answers)
-    ]
+    asked = [{"prompt": template.format(c=concept.name), "kind": "explanation", "concept": concept.name}
+             for concept in GLOSSARY for template in EVAL_TEMPLATES]
+    answers = generate(model, tokenizer, [r["prompt"] for r in asked for _ in range(samples)], 96, 1.0,
+                       batch_size=128, seed=seed)
+    matched = [concept_matched(asked[index // samples], answer.response) for index, answer in enumerate(answers)]
     return sum(matched) / len(matched)
-
-
-def shares(kinds: list[list[str]]) -> dict[str, float]:
-    counts = Counter(kind for per_task in kinds for kind in per_task)
-    answered = counts["right"] + counts["wrong"]
-    return {
-        "accuracy": counts["right"] / sum(counts.values()),
-        "no_result": counts["no result"] / sum(counts.values()),
-        "right_when_answered": counts["right"] / answered if answered else 0.0,
-    }
 
 
 def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind: dict[str, list[str]],
             per_type: int, samples: int, work: Path) -> dict[str, Any]:
+    from assets.data import SftDataConfig
     from pipeline.data.generator import sft_records
     from pipeline.settings import SftSettings
     from pipeline.training.sft import train_sft
 
-    config_path = run_dir / "run_config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    seed = ((config.get("ops") or {}).get("sft_data") or {}).get("config", {}).get("seed", 0)
-    records = sft_records(n_records, seed, 0.5, flawed_fraction, flaws_by_kind)
+    seed = run_config_entry(run_dir, "sft_data").get("seed", 0)
+    records = sft_records(n_records, seed, SftDataConfig().explanation_fraction, flawed_fraction, flaws_by_kind)
     metrics = train_sft(newest_artifact(run_dir / "artifacts", "base_model"), records, work / "sft",
                         SftSettings(seed=seed))
     tasks = probe_tasks(per_type, seed)
@@ -82,20 +70,21 @@ def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind
     return {
         "run": str(run_dir), "seed": seed, "n_records": n_records, "flawed_fraction": flawed_fraction,
         "flaws": flaws_by_kind, "demonstrations": dict(Counter(r["flaw"] or "good" for r in records)),
-        "held_out_loss": metrics["held_out_loss"], **shares(sampled),
-        "greedy_accuracy": shares(greedy)["accuracy"], "concept_match": concept_match(work / "sft", samples, seed),
+        "held_out_loss": metrics["held_out_loss"], **answer_shares(sampled),
+        "greedy_accuracy": answer_shares(greedy)["accuracy"], "concept_match": concept_match(work / "sft", samples, seed),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.data.generator import DEMONSTRATION_FLAWS_BY_KIND
+    from assets.data import SftDataConfig
 
+    default = SftDataConfig()  # sft_data's defaults
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a kept run of rlhf_effect.py (run_config.yaml + artifacts/)")
-    parser.add_argument("--n-records", type=int, default=2000, help="demonstrations (sft_data's n_records)")
-    parser.add_argument("--flawed-fraction", type=float, default=0.4)
-    parser.add_argument("--task-flaws", nargs="+", default=list(DEMONSTRATION_FLAWS_BY_KIND["verifiable"]))
-    parser.add_argument("--explanation-flaws", nargs="+", default=list(DEMONSTRATION_FLAWS_BY_KIND["explanation"]))
+    parser.add_argument("--n-records", type=int, default=default.n_records, help="demonstrations (sft_data's n_records)")
+    parser.add_argument("--flawed-fraction", type=float, default=default.flawed_fraction)
+    parser.add_argument("--task-flaws", nargs="+", default=default.task_flaws)
+    parser.add_argument("--explanation-flaws", nargs="+", default=default.explanation_flaws)
     parser.add_argument("--per-type", type=int, default=40, help="probe tasks per task type (held-out phrasing)")
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per probe prompt")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "sft_flaws.jsonl")

@@ -100,7 +100,7 @@ def _assert_flaws_take_turns(records, flaws_by_kind):
 def test_a_share_of_demonstrations_is_flawed_in_each_way_and_the_rest_are_good():
     mixed = {"verifiable": ("wrong", "padded", "vague", "repetitive", "repetitive"), "explanation": ("padded", "vague")}
     clean = {r["prompt"]: r["completion"] for r in gen.sft_records(400, 0)}
-    for flaws_by_kind in (gen.DEMONSTRATION_FLAWS_BY_KIND, mixed):
+    for flaws_by_kind in (gen.DEFAULT_DEMONSTRATION_FLAWS, mixed):
         records = gen.sft_records(400, 0, flawed_fraction=0.4, flaws_by_kind=flaws_by_kind)
         assert sum(r["flaw"] is not None for r in records) == 160
         _assert_flaws_take_turns(records, flaws_by_kind)

@@ -32,11 +32,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     build_tiny_llama(tokenizer, spec, seed=0).save_pretrained(dirs["base"])
     sft = build_tiny_llama(tokenizer, spec, seed=1)
     sft.save_pretrained(dirs["sft"])
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for parameter in sft.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    sft.save_pretrained(dirs["ppo"])
+    _perturb(sft, 0.05, seed=2).save_pretrained(dirs["ppo"])
     for name in ("base", "sft", "ppo"):
         tokenizer.save_pretrained(dirs[name])
     reward = AutoModelForSequenceClassification.from_pretrained(dirs["sft"], num_labels=1)
@@ -47,6 +43,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         for step in range(4):
             handle.write(json.dumps({"step": step, "rm_score": 0.1 * step, "kl": 0.01 * step, "response_length": 5 + step}) + "\n")
     return dirs
+
+
+def _perturb(model, scale: float, seed: int):
+    """`model` with Gaussian noise of standard deviation `scale` added to every weight, in place."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+    return model
 
 
 def _load(path):
@@ -72,11 +77,7 @@ def test_kl_samples_are_scored_consistently_with_sampling(tiny_models):
     # it. The per-sequence log-ratio is an unbiased but noisy estimate: ppo (0.05 of noise on SFT's
     # weights) is too close to SFT for 10 short samples to give its sign, so this policy moves further.
     assert kl_to_reference(samples, ppo)["per_sequence"] == pytest.approx([0.0] * 10, abs=1e-5)
-    far, _ = _load(tiny_models["sft"])
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for parameter in far.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
+    far = _perturb(_load(tiny_models["sft"])[0], 0.3, seed=3)
     far_samples = sample_answers(far, tokenizer, prompts, samples_per_prompt=16, temperature=1.0, max_new_tokens=6,
                                  batch_size=16, seed=0, with_logprobs=True)
     kl = kl_to_reference(far_samples, sft)

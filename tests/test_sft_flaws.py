@@ -10,10 +10,10 @@ from ppo_models import tiny_sft_and_reward_model
 
 
 def test_shares_of_right_wrong_and_unanswered():
-    benchmark = load_benchmark("sft_flaws")
-    shares = benchmark.shares([["right", "wrong", "no result", "no result"], ["right", "right", "wrong", "wrong"]])
+    benchmark = load_benchmark("reward_ceiling")  # the probe sft_flaws.py shares
+    shares = benchmark.answer_shares([["right", "wrong", "no result", "no result"], ["right", "right", "wrong", "wrong"]])
     assert shares == {"accuracy": 3 / 8, "no_result": 2 / 8, "right_when_answered": 3 / 6}
-    assert benchmark.shares([["no result"]])["right_when_answered"] == 0.0
+    assert benchmark.answer_shares([["no result"]])["right_when_answered"] == 0.0
 
 
 def test_a_small_call_trains_sft_on_the_asked_flaws_and_probes_it(tmp_path):

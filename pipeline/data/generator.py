@@ -71,6 +71,7 @@ TASK_FAILURE_CYCLE = (
 # task answers only: an explanation "wrong" in the same way (the concept's name over another concept's
 # definition) taught SFT to follow a name with any definition.
 DEMONSTRATION_FLAWS = ("wrong", "padded", "vague", "repetitive")
+DEMONSTRATION_FLAWS_BY_KIND = {"verifiable": DEMONSTRATION_FLAWS, "explanation": ("padded", "vague", "repetitive")}
 # The default's flawed demonstrations are repetitive: they show the right working (a task's result, a
 # concept's definition) over and over and never finish with a final answer. Flaws that teach the task
 # itself wrongly cost the small SFT model what PPO cannot give back: of its sampled held-out answers
@@ -81,7 +82,7 @@ DEMONSTRATION_FLAWS = ("wrong", "padded", "vague", "repetitive")
 # on the default job?). PPO removes the unfinished answers, which is the improvement comparisons can
 # teach. The other flaws stay selectable (`sft_data`'s `task_flaws`, `explanation_flaws`) and among
 # the rejected answers.
-DEMONSTRATION_FLAWS_BY_KIND = {"verifiable": ("repetitive",), "explanation": ("repetitive",)}
+DEFAULT_DEMONSTRATION_FLAWS = {"verifiable": ("repetitive",), "explanation": ("repetitive",)}
 
 # Fixed prompts for `base_probe`: evaluation phrasings only, so they never occur in training.
 PROBE_PROMPTS = (
@@ -224,17 +225,17 @@ def sft_records(
     """Instruction/answer pairs: {"prompt", "completion", "kind", "task", "concept", "flaw"}.
 
     A `flawed_fraction` of the demonstrations (exactly round(n * flawed_fraction), spread over both
-    kinds at random) fall short in one of their kind's DEMONSTRATION_FLAWS_BY_KIND, cycling so each
+    kinds at random) fall short in one of their kind's DEFAULT_DEMONSTRATION_FLAWS, cycling so each
     flaw of a kind is equally common; `flaw` names it (None for a good demonstration).
-    `flaws_by_kind` replaces the cycle of a kind ("verifiable", "explanation"); a flaw named twice
-    is twice as common.
+    `flaws_by_kind` replaces the cycle of a kind ("verifiable", "explanation") with some of the
+    kind's DEMONSTRATION_FLAWS_BY_KIND; a flaw named twice is twice as common.
     """
     if not 0 <= flawed_fraction <= 1:
         raise ValueError(f"flawed_fraction must be in [0, 1], got {flawed_fraction}")
-    flaws_by_kind = {**DEMONSTRATION_FLAWS_BY_KIND, **(flaws_by_kind or {})}
+    flaws_by_kind = {**DEFAULT_DEMONSTRATION_FLAWS, **(flaws_by_kind or {})}
     for kind, kind_flaws in flaws_by_kind.items():
-        allowed = DEMONSTRATION_FLAWS if kind == "verifiable" else tuple(f for f in DEMONSTRATION_FLAWS if f != "wrong")
-        if kind not in DEMONSTRATION_FLAWS_BY_KIND or not kind_flaws or set(kind_flaws) - set(allowed):
+        allowed = DEMONSTRATION_FLAWS_BY_KIND.get(kind, ())
+        if not kind_flaws or not set(kind_flaws) <= set(allowed):
             raise ValueError(f"{kind} demonstrations can be flawed as some of {allowed}, got {list(kind_flaws)}")
     records = _records(n, seed, "sft", explanation_fraction, train=True)
     rng = random.Random(f"sft-flaws:{seed}")

@@ -98,7 +98,7 @@ def _same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
     return tokenizer_a.get_vocab() == tokenizer_b.get_vocab()
 
 
-def _concept_matched(record: Mapping[str, Any], response: str) -> bool | None:
+def concept_matched(record: Mapping[str, Any], response: str) -> bool | None:
     """Explanation prompts that name a glossary concept: is the answer about that concept? None otherwise."""
     if record.get("kind") != "explanation" or not record.get("concept"):
         return None
@@ -232,7 +232,7 @@ def _score_all(generations: Mapping[str, Sequence[Generation]], prompt_records: 
                 generation, value,
                 check_answer(task, generation.response) if task is not None else None,
                 task_type=task.get("type") if task is not None else None,
-                concept_matched=_concept_matched(record, generation.response),
+                concept_matched=concept_matched(record, generation.response),
             ))
     return answers
 
