@@ -54,7 +54,7 @@ def concept_match(model_dir: Path, samples: int, seed: int) -> float:
 
 
 def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind: dict[str, list[str]],
-            per_type: int, samples: int, work: Path) -> dict[str, Any]:
+            per_type: int, samples: int, work: Path, epochs: float | None = None) -> dict[str, Any]:
     from assets.data import SftDataConfig
     from pipeline.data.generator import sft_records
     from pipeline.settings import SftSettings
@@ -63,14 +63,15 @@ def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind
     seed = run_config_entry(run_dir, "sft_data").get("seed", 0)
     records = sft_records(n_records, seed, SftDataConfig().explanation_fraction, flawed_fraction, flaws_by_kind)
     metrics = train_sft(newest_artifact(run_dir / "artifacts", "base_model"), records, work / "sft",
-                        SftSettings(seed=seed))
+                        SftSettings(seed=seed, **({"epochs": epochs} if epochs else {})))
     tasks = probe_tasks(per_type, seed)
     sampled = answer_kinds(work / "sft", tasks, samples, 1.0, 64, seed)
     greedy = answer_kinds(work / "sft", tasks, 1, 0.0, 64, seed)
     return {
         "run": str(run_dir), "seed": seed, "n_records": n_records, "flawed_fraction": flawed_fraction,
         "flaws": flaws_by_kind, "demonstrations": dict(Counter(r["flaw"] or "good" for r in records)),
-        "held_out_loss": metrics["held_out_loss"], **answer_shares(sampled),
+        "epochs": epochs or SftSettings().epochs, "sft_steps": metrics["total_steps"],
+        "sft_seconds": metrics["train_seconds_this_run"], "held_out_loss": metrics["held_out_loss"], **answer_shares(sampled),
         "greedy_accuracy": answer_shares(greedy)["accuracy"], "concept_match": concept_match(work / "sft", samples, seed),
     }
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flawed-fraction", type=float, default=default.flawed_fraction)
     parser.add_argument("--task-flaws", nargs="+", default=default.task_flaws)
     parser.add_argument("--explanation-flaws", nargs="+", default=default.explanation_flaws)
+    parser.add_argument("--epochs", type=float, default=None, help="SFT epochs (default: SftSettings')")
     parser.add_argument("--per-type", type=int, default=40, help="probe tasks per task type (held-out phrasing)")
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per probe prompt")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "sft_flaws.jsonl")
@@ -92,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     flaws_by_kind = {"verifiable": args.task_flaws, "explanation": args.explanation_flaws}
     with tempfile.TemporaryDirectory(prefix="sft-flaws-") as work:
         result = measure(args.run, args.n_records, args.flawed_fraction, flaws_by_kind, args.per_type, args.samples,
-                         Path(work))
+                         Path(work), args.epochs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
         out.write(json.dumps(result) + "\n")
-    print(f"{result['n_records']} demonstrations, {args.flawed_fraction:.0%} flawed, tasks {args.task_flaws}, "
+    print(f"{result['n_records']} demonstrations, {result['epochs']:g} epochs ({result['sft_steps']} steps, "
+          f"{result['sft_seconds']:.0f} s), {args.flawed_fraction:.0%} flawed, tasks {args.task_flaws}, "
           f"explanations {args.explanation_flaws}: sampled {result['accuracy']:.3f}, no result {result['no_result']:.2f}, "
           f"right when answered {result['right_when_answered']:.2f}, greedy {result['greedy_accuracy']:.3f}, "
           f"concept match {result['concept_match']:.2f}, held-out loss {result['held_out_loss']:.3f}")

@@ -24,10 +24,11 @@ def test_a_small_call_trains_sft_on_the_asked_flaws_and_probes_it(tmp_path):
     (run / "run_config.yaml").write_text(yaml.safe_dump({"ops": {"sft_data": {"config": {"seed": 3}}}}))
     out = tmp_path / "results.jsonl"
     argv = [str(run), "--n-records", "40", "--task-flaws", "wrong", "vague", "--per-type", "1", "--samples", "1",
-            "--out", str(out)]
+            "--epochs", "2", "--out", str(out)]
     assert benchmark.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["seed"] == 3 and result["flaws"]["verifiable"] == ["wrong", "vague"]
+    assert result["epochs"] == 2 and result["sft_steps"] == 2 * 3  # 36 training demonstrations, batches of 16
     assert set(result["demonstrations"]) <= {"good", "wrong", "vague", "repetitive"} and result["demonstrations"]["good"] == 24
     for share in ("accuracy", "no_result", "right_when_answered", "greedy_accuracy", "concept_match"):
         assert 0.0 <= result[share] <= 1.0
