@@ -44,6 +44,11 @@ def ppo_policy(
 
     refuse_if_input_gates_failed(context)
     settings, launch = settings_from(config, PpoSettings), settings_from(config, LaunchSettings)
+    if settings.ptx_coef > 0:
+        raise ValueError(
+            f"ppo_policy config: ptx_coef={settings.ptx_coef} asks for PPO-ptx, but this asset has no PPO-ptx records "
+            "to mix in (train_ppo takes them as ptx_records when called from Python); set ptx_coef: 0"
+        )
     prompt_records = [{"prompt": record["prompt"]} for record in load_data(ppo_prompts)]
     prompts = [record["prompt"] for record in prompt_records]
     context.log.info(f"PPO on {len(prompts)} prompts from {ppo_prompts}")

@@ -233,7 +233,10 @@ class PpoSettings(BaseModel):
     whiten_advantages: bool = True
     normalize_rewards: bool = Field(False, description="whiten per-token rewards (scale only) before GAE")
     missing_eos_penalty: float = Field(1.0, ge=0, description="subtracted from the RM score of responses with no EOS")
-    ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight of the SFT loss on ptx records (0 = off)")
+    ptx_coef: float = Field(
+        0.0, ge=0, description="PPO-ptx: weight of the SFT loss on train_ppo's ptx records (0 = off); the ppo_policy "
+        "asset has none to give, so it refuses anything but 0 (README: Does RLHF work on the default job?)"
+    )
     ptx_batch_size: int = Field(8, gt=0)
     use_lora: bool = Field(False, description="train a LoRA adapter; the reference is the base with the adapter off")
     lora_rank: int = Field(8, gt=0)

@@ -202,7 +202,8 @@ def test_settings_reject_a_batch_that_minibatches_do_not_divide(tiny_models, tmp
         train_ppo(sft_dir, rm_dir, prompts, tmp_path, PpoSettings(batch_size=10, minibatch_size=4, device="cpu"))
 
 
-def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_models, artifacts_root, dagster_instance):
+def _materialize_ppo_policy(tiny_models, artifacts_root, dagster_instance, config, raise_on_error=True):
+    """ppo_policy alone, on the tiny SFT model, reward model and prompts reported as its inputs."""
     import dagster as dg
 
     from pipeline.data.records import write_jsonl
@@ -218,12 +219,18 @@ def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_model
         dagster_instance.report_runless_asset_event(
             dg.AssetMaterialization(key, metadata={ARTIFACT_PATH_KEY: dg.MetadataValue.path(str(path))})
         )
-    config = {k: v for k, v in FAST.items() if k != "device"} | {"total_episodes": 64, "n_eval_samples": 1, "checkpoint_every": 1}
-    result = dg.materialize(
+    return dg.materialize(
         list(defs.assets), selection=[dg.AssetKey("ppo_policy")], instance=dagster_instance,
         resources={"artifacts": ArtifactStoreResource(root=str(artifacts_root)), "io_manager": ArtifactIOManager()},
-        run_config={"ops": {"ppo_policy": {"config": config}}},
+        run_config={"ops": {"ppo_policy": {"config": config}}}, raise_on_error=raise_on_error,
     )
+
+
+def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_models, artifacts_root, dagster_instance):
+    from pipeline.storage.contract import ARTIFACT_PATH_KEY
+
+    config = {k: v for k, v in FAST.items() if k != "device"} | {"total_episodes": 64, "n_eval_samples": 1, "checkpoint_every": 1}
+    result = _materialize_ppo_policy(tiny_models, artifacts_root, dagster_instance, config)
     assert result.success
     metadata = result.asset_materializations_for_node("ppo_policy")[0].metadata
     for key in ("rm_score_sft", "rm_score_ppo", "kl_to_sft", "kl_bound", "response_length_sft", "response_length_ppo",
@@ -234,6 +241,15 @@ def test_ppo_policy_asset_writes_the_contracted_artifact_and_metadata(tiny_model
         assert (artifact / name).exists(), f"{name} missing from {artifact}"
     checkpoints = artifacts_root / "ppo_policy" / ".checkpoints"
     assert not any(p.is_dir() for p in checkpoints.glob("*")), "checkpoints are removed once the artifact is committed"
+
+
+def test_ppo_policy_asset_refuses_ptx_coef_it_has_no_records_for(tiny_models, artifacts_root, dagster_instance):
+    result = _materialize_ppo_policy(tiny_models, artifacts_root, dagster_instance, {"ptx_coef": 0.5}, raise_on_error=False)
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert "ptx_coef=0.5" in message and "set ptx_coef: 0" in message
+    assert not list((artifacts_root / "ppo_policy").glob("2*")), "no artifact is written"
 
 
 def test_training_stops_at_the_kl_bound_and_keeps_the_last_policy_inside_it(tiny_models, tmp_path):
