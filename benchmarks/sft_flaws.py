@@ -54,7 +54,7 @@ def concept_match(model_dir: Path, samples: int, seed: int) -> float:
 
 
 def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind: dict[str, list[str]],
-            per_type: int, samples: int, work: Path, epochs: float | None = None) -> dict[str, Any]:
+            per_type: int, samples: int, work: Path, epochs: float) -> dict[str, Any]:
     from assets.data import SftDataConfig
     from pipeline.data.generator import sft_records
     from pipeline.settings import SftSettings
@@ -63,14 +63,14 @@ def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind
     seed = run_config_entry(run_dir, "sft_data").get("seed", 0)
     records = sft_records(n_records, seed, SftDataConfig().explanation_fraction, flawed_fraction, flaws_by_kind)
     metrics = train_sft(newest_artifact(run_dir / "artifacts", "base_model"), records, work / "sft",
-                        SftSettings(seed=seed, **({"epochs": epochs} if epochs else {})))
+                        SftSettings(seed=seed, epochs=epochs))
     tasks = probe_tasks(per_type, seed)
     sampled = answer_kinds(work / "sft", tasks, samples, 1.0, 64, seed)
     greedy = answer_kinds(work / "sft", tasks, 1, 0.0, 64, seed)
     return {
         "run": str(run_dir), "seed": seed, "n_records": n_records, "flawed_fraction": flawed_fraction,
         "flaws": flaws_by_kind, "demonstrations": dict(Counter(r["flaw"] or "good" for r in records)),
-        "epochs": epochs or SftSettings().epochs, "sft_steps": metrics["total_steps"],
+        "epochs": epochs, "sft_steps": metrics["total_steps"],
         "sft_seconds": metrics["train_seconds_this_run"], "held_out_loss": metrics["held_out_loss"], **answer_shares(sampled),
         "greedy_accuracy": answer_shares(greedy)["accuracy"], "concept_match": concept_match(work / "sft", samples, seed),
     }
@@ -78,6 +78,7 @@ def measure(run_dir: Path, n_records: int, flawed_fraction: float, flaws_by_kind
 
 def main(argv: list[str] | None = None) -> int:
     from assets.data import SftDataConfig
+    from pipeline.settings import SftSettings
 
     default = SftDataConfig()  # sft_data's defaults
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flawed-fraction", type=float, default=default.flawed_fraction)
     parser.add_argument("--task-flaws", nargs="+", default=default.task_flaws)
     parser.add_argument("--explanation-flaws", nargs="+", default=default.explanation_flaws)
-    parser.add_argument("--epochs", type=float, default=None, help="SFT epochs (default: SftSettings')")
+    parser.add_argument("--epochs", type=float, default=SftSettings().epochs, help="SFT epochs")
     parser.add_argument("--per-type", type=int, default=40, help="probe tasks per task type (held-out phrasing)")
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per probe prompt")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "sft_flaws.jsonl")
