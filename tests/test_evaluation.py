@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.evaluation.metrics import bootstrap_mean_ci, checker_outcomes, rm_outcomes, summarise, win_rate
+from pipeline.evaluation.metrics import bootstrap_mean_ci, checker_outcomes, rm_outcomes, rm_right_over_wrong, summarise, win_rate
 from pipeline.evaluation.result import MODELS, Answer
 from pipeline.evaluation.judges import (
     JUDGE_TEMPLATE,
@@ -56,6 +56,17 @@ def test_win_rates_count_ties_half_and_checker_only_judges_verifiable_prompts():
     assert rm_outcomes(x, y, tie_margin=0.0) == [1.0, 0.5, 0.0]
     assert rm_outcomes(x, y, tie_margin=0.6) == [0.5, 0.5, 0.0]
     assert checker_outcomes(x, y) == [1.0, 0.5]
+
+
+def test_rm_right_over_wrong_ranks_stated_results_and_leaves_out_unfinished_answers():
+    right = [_answer(response="2 plus 2 is 4. The answer is 4.", score=s, passed=True) for s in (1.0, 3.0)]
+    wrong = [_answer(response="2 plus 2 is 5. The answer is 5.", score=s, passed=False) for s in (0.0, 2.0, 3.0)]
+    unfinished = _answer(response="2 plus 2 is 4. 2 plus 2 is 4.", score=-9.0, passed=False)
+    explanation = _answer(response="A reward model is ...", score=-9.0, passed=None)
+    # pairs (right, wrong): 1>0, 1<2, 1<3, 3>0, 3>2, 3=3 -> (3 + 0.5) / 6
+    separation = rm_right_over_wrong([*right, *wrong, unfinished, explanation])
+    assert (separation.rate, separation.n_right, separation.n_wrong) == (pytest.approx(3.5 / 6), 2, 3)
+    assert rm_right_over_wrong([*right, unfinished]).rate is None  # no wrong stated result to rank against
 
 
 # --- judges ----------------------------------------------------------------------------------
@@ -196,6 +207,7 @@ def test_report_renders_every_section_with_plots_and_eval_json(tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert f"src='{png}'" in html and f"]({png})" in markdown
     assert "models.ppo.checker_accuracy" in markdown, "the regression shows up in the comparison section"
+    assert "Does the reward model tell a right result from a wrong one?" in markdown
 
     report = json.loads((tmp_path / EVAL_JSON).read_text())
     for model in ("base", "sft", "ppo"):
@@ -203,6 +215,7 @@ def test_report_renders_every_section_with_plots_and_eval_json(tmp_path):
         assert isinstance(entry["rm_score_mean"], float) and len(entry["rm_score_ci95"]) == 2
         assert entry["rm_score_ci95"][0] <= entry["rm_score_mean"] <= entry["rm_score_ci95"][1]
         assert 0 <= entry["checker_accuracy"] <= 1 and entry["mean_length"] > 0
+        assert set(entry["rm_right_over_wrong"]) == {"rate", "n_right", "n_wrong"}
     for pair in ("ppo_vs_sft", "sft_vs_base", "ppo_vs_base"):
         for judge in ("reward_model", "rule_checker", "pairwise_judge"):
             assert 0 <= report["win_rates"][pair][judge]["rate"] <= 1

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.statistics import pearson_correlation
+from pipeline.data.tasks import extract_final_answer
 from pipeline.evaluation.judges import JudgedPair
 from pipeline.evaluation.result import (
     MODELS,
@@ -33,6 +34,7 @@ from pipeline.evaluation.result import (
     LengthQuantiles,
     ModelMetrics,
     PairWinRates,
+    RightOverWrong,
     SpotChecks,
     TaskAccuracy,
     WinRate,
@@ -67,9 +69,21 @@ def mean_with_ci(
     return float(np.mean(values)), list(bootstrap_mean_ci(per_prompt, n_resamples, seed))
 
 
+def rm_right_over_wrong(answers: Sequence[Answer]) -> RightOverWrong:
+    """How often the RM ranks a right stated result above a wrong one, over every (right, wrong) pair of the answers
+    to verifiable prompts that state a result ("The answer is ..."); unfinished answers are left out."""
+    right = np.asarray([a.rm_score for a in answers if a.checker_passed is True], dtype=float)
+    wrong = np.asarray([a.rm_score for a in answers
+                        if a.checker_passed is False and extract_final_answer(a.response) is not None], dtype=float)
+    if right.size == 0 or wrong.size == 0:
+        return RightOverWrong(rate=None, n_right=int(right.size), n_wrong=int(wrong.size))
+    above = (right[:, None] > wrong[None, :]).mean() + 0.5 * (right[:, None] == wrong[None, :]).mean()
+    return RightOverWrong(rate=float(above), n_right=int(right.size), n_wrong=int(wrong.size))
+
+
 def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int, group_size: int = 1) -> ModelMetrics:
     """Per-model numbers: RM score, checker accuracy (overall and per task type) and concept match with
-    intervals, format adherence, lengths."""
+    intervals, format adherence, lengths, and how well the RM ranks right results above wrong ones."""
     scores = [a.rm_score for a in answers]
     checked = [float(a.checker_passed) for a in answers if a.checker_passed is not None]
     formatted = [float(a.well_formatted) for a in answers]
@@ -109,6 +123,7 @@ def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int, group_
         checker_accuracy_by_task={
             task: TaskAccuracy(accuracy=float(np.mean(passed)), n=len(passed)) for task, passed in sorted(by_task.items())
         },
+        rm_right_over_wrong=rm_right_over_wrong(answers),
     )
 
 

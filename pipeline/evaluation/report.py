@@ -263,17 +263,31 @@ def per_model_section(result: EvaluationResult) -> Section:
     ])
 
 
+def _rm_separation_line(result: EvaluationResult) -> str:
+    separation = {name: result.models[name].rm_right_over_wrong for name in MODELS}
+    return (
+        "Does the reward model tell a right result from a wrong one? Of the answers that state a result, the share "
+        "of (right, wrong) pairs the RM scores right above wrong (0.5 is chance; answers without a result are left "
+        "out): " + ", ".join(f"{name} {fmt(s.rate)} ({s.n_right} right, {s.n_wrong} wrong)"
+                             for name, s in separation.items() if s is not None)
+        + ". Near 0.5, PPO gains on the checker only by stating a result more often, not by stating the right one."
+    )
+
+
 def task_accuracy_section(result: EvaluationResult) -> Section:
     # Every model answers the same prompts, so each has an entry for every task type.
     tasks = sorted(result.models["ppo"].checker_accuracy_by_task)
     if not tasks:
-        return Section(TASK_ACCURACY, ["No verifiable prompt with a task type."])
+        return Section(TASK_ACCURACY, ["No verifiable prompt with a task type.", _rm_separation_line(result)])
     rows = [
         {"task": task, **{name: fmt(result.models[name].checker_accuracy_by_task[task].accuracy) for name in MODELS},
          "answers per model": result.models["ppo"].checker_accuracy_by_task[task].n}
         for task in tasks
     ]
-    return Section(TASK_ACCURACY, [f"Share of answers ({result.decoding.label}) the rule checker passes, per task type.", Table(rows)])
+    return Section(TASK_ACCURACY, [
+        f"Share of answers ({result.decoding.label}) the rule checker passes, per task type.", Table(rows),
+        _rm_separation_line(result),
+    ])
 
 
 def greedy_section(result: EvaluationResult) -> Section:

@@ -92,6 +92,20 @@ class ModelMetrics:
     concept_match_rate_ci95: list[float] | None = None
     n_explanations: int = 0
     checker_accuracy_by_task: dict[str, TaskAccuracy] = field(default_factory=dict)
+    # Does the reward model tell a right result from a wrong one among this model's answers?
+    rm_right_over_wrong: RightOverWrong | None = None
+
+
+@dataclass(frozen=True)
+class RightOverWrong:
+    """Of the answers to verifiable prompts that state a result, how often the reward model scores a right one above
+    a wrong one: the share of all (right, wrong) pairs, ties counting half (0.5 is chance, 1 a perfect ranking).
+    `rate` is None unless there are answers of both kinds. Near 0.5, a policy climbing the RM gains nothing by
+    being right, only by stating a result at all."""
+
+    rate: float | None
+    n_right: int
+    n_wrong: int
 
 
 @dataclass(frozen=True)
