@@ -54,6 +54,21 @@ def _rate(entry: dict[str, Any]) -> tuple[float | None, list[float] | None]:
     return entry.get("rate"), entry.get("ci95")
 
 
+def worst_correlations(report: dict[str, Any], key: str) -> tuple[float, str] | None:
+    """The largest |corr(RM score, length)| (`key`) over every model's sampled and greedy answers, and whose it is."""
+    found = [
+        (abs(m[key]), f"{name}{' greedy' if comparison is report['greedy'] else ''}")
+        for comparison in (report, report["greedy"]) for name, m in comparison["models"].items() if m.get(key) is not None
+    ]
+    return max(found) if found else None
+
+
+def notes(report: dict[str, Any]) -> dict[str, str]:
+    """Columns shown beside the targets, not targets themselves."""
+    within = worst_correlations(report, "rm_length_correlation_within_kind")
+    return {"max abs corr within kind": f"{within[0]:.2f} ({within[1]})" if within else "n/a"}
+
+
 def targets(report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
     """Each target of the issue: (the value shown, met?)."""
     win = report["win_rates"]["ppo_vs_sft"]
@@ -66,17 +81,13 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
     greedy_difference = greedy["checker_accuracy_difference"]["ppo_vs_sft"]["difference"]
     kl, kl_bound = report.get("kl_ppo_vs_sft"), report.get("kl_bound")
     length_ratio = report.get("length_ratio_ppo_vs_sft")
-    correlations = [  # every model's answers, sampled and greedy
-        abs(m["rm_length_correlation"]) for comparison in (report, greedy) for m in comparison["models"].values()
-        if m.get("rm_length_correlation") is not None
-    ]
-    worst_correlation = max(correlations) if correlations else None
+    correlations = worst_correlations(report, "rm_length_correlation")  # every model's answers, sampled and greedy
     concept = {name: models[name].get("concept_match_rate") for name in ("sft", "ppo")}
     return {
         "RM win PPO>SFT [CI]": (f"{rm_rate:.2f} [{rm_ci[0]:.2f}, {rm_ci[1]:.2f}]", rm_rate >= 0.65 and rm_ci[0] > 0.5),
         "checker SFT": (f"{models['sft']['checker_accuracy']:.2f}", models["sft"]["checker_accuracy"] >= 0.2),
         "checker PPO-SFT [CI]": (
-            f"{difference['difference']:+.2f} [{difference['ci95'][0]:+.2f}, {difference['ci95'][1]:+.2f}]",
+            f"{difference['difference']:+.3f} [{difference['ci95'][0]:+.2f}, {difference['ci95'][1]:+.2f}]",
             difference["difference"] >= 0.15 and difference["ci95"][0] > 0,
         ),
         "judge win": (f"{judge_rate:.2f}", judge_rate > 0.5),
@@ -90,8 +101,8 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
         ),
         "length PPO/SFT": (f"{length_ratio:.2f}", length_ratio is not None and 0.6 <= length_ratio <= 1.5),
         "max abs corr(RM, len)": (
-            f"{worst_correlation:.2f}" if worst_correlation is not None else "n/a",
-            worst_correlation is not None and worst_correlation <= 0.5,
+            f"{correlations[0]:.2f} ({correlations[1]})" if correlations else "n/a",
+            bool(correlations) and correlations[0] <= 0.5,
         ),
         "concept match SFT / PPO": (
             f"{concept['sft']:.2f} / {concept['ppo']:.2f}",
@@ -111,7 +122,7 @@ def row_from_report(seed: int, wall: float | None, report_path: Path | None) -> 
         return {"seed": seed, "wall_seconds": wall, "failed": True, "log_tail": "no evaluation report"}
     report = json.loads(report_path.read_text())
     return {"seed": seed, "wall_seconds": wall, "failed": False,
-            "targets": {k: {"value": v, "met": met} for k, (v, met) in targets(report).items()}}
+            "targets": {k: {"value": v, "met": met} for k, (v, met) in targets(report).items()}, "notes": notes(report)}
 
 
 def run_seed(profile: dict[str, Any], seed: int, keep: Path | None) -> dict[str, Any]:
@@ -141,14 +152,18 @@ def _seconds(row: dict[str, Any]) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     names = next((list(r["targets"]) for r in rows if not r["failed"]), [])
-    lines = ["| seed | wall (s) | " + " | ".join(names) + " | all met |", "|---" * (len(names) + 3) + "|"]
+    note_names = next((list(r["notes"]) for r in rows if not r["failed"]), [])
+    lines = ["| seed | wall (s) | " + " | ".join(names) + " | all met | " + "".join(f"{n} | " for n in note_names),
+             "|---" * (len(names) + 3 + len(note_names)) + "|"]
     for row in rows:
         if row["failed"]:
-            lines.append(f"| {row['seed']} | {_seconds(row)} | " + " | ".join("run failed" for _ in names) + " | no |")
+            lines.append(f"| {row['seed']} | {_seconds(row)} | " + " | ".join("run failed" for _ in names) + " | no |"
+                         + " |" * len(note_names))
             continue
         cells = [f"{t['value']}{'' if t['met'] else ' x'}" for t in row["targets"].values()]
         met = all(t["met"] for t in row["targets"].values())
-        lines.append(f"| {row['seed']} | {_seconds(row)} | " + " | ".join(cells) + f" | {'yes' if met else 'no'} |")
+        lines.append(f"| {row['seed']} | {_seconds(row)} | " + " | ".join(cells) + f" | {'yes' if met else 'no'} |"
+                     + "".join(f" {row['notes'][n]} |" for n in note_names))
     n_met = sum(not r["failed"] and all(t["met"] for t in r["targets"].values()) for r in rows)
     lines.append(f"\n{n_met} of {len(rows)} seeds meet every target (an `x` marks a missed one).")
     return "\n".join(lines)

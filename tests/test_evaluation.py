@@ -8,7 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.evaluation.metrics import bootstrap_mean_ci, checker_outcomes, rm_outcomes, rm_right_over_wrong, summarise, win_rate
+from pipeline.data.statistics import within_group_correlation
+from pipeline.evaluation.metrics import (
+    bootstrap_mean_ci, checker_outcomes, model_metrics, rm_outcomes, rm_right_over_wrong, summarise, win_rate,
+)
 from pipeline.evaluation.result import MODELS, Answer
 from pipeline.evaluation.judges import (
     JUDGE_TEMPLATE,
@@ -67,6 +70,17 @@ def test_rm_right_over_wrong_ranks_stated_results_and_leaves_out_unfinished_answ
     separation = rm_right_over_wrong([*right, *wrong, unfinished, explanation])
     assert (separation.rate, separation.n_right, separation.n_wrong) == (pytest.approx(3.5 / 6), 2, 3)
     assert rm_right_over_wrong([*right, unfinished]).rate is None  # no wrong stated result to rank against
+
+
+def test_length_correlation_within_kind_compares_answers_only_with_their_own_kind():
+    # Two kinds: short task answers that score low, long explanations that score high, and within each
+    # kind the longer answer scores lower. Pooled, length looks rewarded (Simpson's paradox); within kind it is not.
+    tasks = [dataclasses.replace(_answer(score=s, n_tokens=n), task_type="add") for s, n in ((0.3, 10), (0.2, 12), (0.1, 14))]
+    explanations = [_answer(score=s, n_tokens=n) for s, n in ((2.3, 60), (2.2, 62), (2.1, 64))]
+    metrics = model_metrics([*tasks, *explanations], n_resamples=100, seed=0)
+    assert metrics.rm_length_correlation > 0.9
+    assert metrics.rm_length_correlation_within_kind == pytest.approx(-1.0)
+    assert within_group_correlation([1, 2, 3], [5, 5, 5], ["a", "a", "a"]) is None  # a constant side: undefined
 
 
 # --- judges ----------------------------------------------------------------------------------
@@ -216,6 +230,7 @@ def test_report_renders_every_section_with_plots_and_eval_json(tmp_path):
         assert entry["rm_score_ci95"][0] <= entry["rm_score_mean"] <= entry["rm_score_ci95"][1]
         assert 0 <= entry["checker_accuracy"] <= 1 and entry["mean_length"] > 0
         assert set(entry["rm_right_over_wrong"]) == {"rate", "n_right", "n_wrong"}
+        assert -1 <= entry["rm_length_correlation_within_kind"] <= 1
     for pair in ("ppo_vs_sft", "sft_vs_base", "ppo_vs_base"):
         for judge in ("reward_model", "rule_checker", "pairwise_judge"):
             assert 0 <= report["win_rates"][pair][judge]["rate"] <= 1

@@ -8,7 +8,7 @@ no number would be honest there, and a constant reward is not "uncorrelated with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 
 def mean_or_nan(values: Sequence[float]) -> float:
@@ -30,3 +30,23 @@ def pearson_correlation(xs: Sequence[float], ys: Sequence[float]) -> float | Non
         return None
     cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
     return cov / math.sqrt(var_x * var_y)
+
+
+def within_group_correlation(xs: Sequence[float], ys: Sequence[float], groups: Sequence[Hashable]) -> float | None:
+    """Pearson correlation of the values less their group's mean (the pooled within-group correlation).
+
+    Two groups that differ in both means make a pooled correlation that neither group has (Simpson's
+    paradox); this one compares each value only with its own group's. None when undefined.
+    """
+    if not len(xs) == len(ys) == len(groups):
+        raise ValueError(f"within_group_correlation needs paired values, got {len(xs)}, {len(ys)} and {len(groups)} groups")
+    members: dict[Hashable, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    residual_x, residual_y = [0.0] * len(xs), [0.0] * len(ys)
+    for indices in members.values():
+        mean_x = sum(float(xs[i]) for i in indices) / len(indices)
+        mean_y = sum(float(ys[i]) for i in indices) / len(indices)
+        for i in indices:
+            residual_x[i], residual_y[i] = float(xs[i]) - mean_x, float(ys[i]) - mean_y
+    return pearson_correlation(residual_x, residual_y)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.statistics import pearson_correlation
+from pipeline.data.statistics import pearson_correlation, within_group_correlation
 from pipeline.data.tasks import extract_final_answer
 from pipeline.evaluation.judges import JudgedPair
 from pipeline.evaluation.result import (
@@ -124,6 +124,8 @@ def model_metrics(answers: Sequence[Answer], n_resamples: int, seed: int, group_
             task: TaskAccuracy(accuracy=float(np.mean(passed)), n=len(passed)) for task, passed in sorted(by_task.items())
         },
         rm_right_over_wrong=rm_right_over_wrong(answers),
+        rm_length_correlation_within_kind=within_group_correlation(
+            scores, lengths, [a.task_type or "explanation" for a in answers]),
     )
 
 

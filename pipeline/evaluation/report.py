@@ -252,13 +252,16 @@ def per_model_section(result: EvaluationResult) -> Section:
             "format": fmt(m.format_adherence), "ends w/ EOS": fmt(m.ends_with_eos_rate),
             "role markers": fmt(m.role_marker_rate), "mean length": fmt(m.mean_length, 1),
             "corr(RM, length)": fmt(m.rm_length_correlation),
+            "within kind": fmt(m.rm_length_correlation_within_kind),
             "on concept": fmt(m.concept_match_rate), "on-concept 95% CI": fmt_ci(m.concept_match_rate_ci95),
         })
     return Section(PER_MODEL_METRICS, [
         f"Means over the evaluation prompts' answers ({result.decoding.label}) with 95% percentile-bootstrap "
         "intervals (prompts resampled). Format adherence: the answer ends with EOS and echoes no chat role "
         "marker. On concept: the share of answers to explanation prompts that are about the concept asked "
-        "(the glossary entry sharing most words with the answer is that concept's).",
+        "(the glossary entry sharing most words with the answer is that concept's). corr(RM, length) over all "
+        "answers; within kind: the same correlation within each kind of prompt (each task type, explanations), "
+        "so that a kind's longer answers and different scores do not show as a length preference.",
         Table(rows),
     ])
 
@@ -298,7 +301,7 @@ def greedy_section(result: EvaluationResult) -> Section:
     rows = [
         {"model": name, "RM score": fmt(m.rm_score_mean), "checker acc.": fmt(m.checker_accuracy),
          "on concept": fmt(m.concept_match_rate), "format": fmt(m.format_adherence), "mean length": fmt(m.mean_length, 1),
-         "corr(RM, length)": fmt(m.rm_length_correlation)}
+         "corr(RM, length)": fmt(m.rm_length_correlation), "within kind": fmt(m.rm_length_correlation_within_kind)}
         for name, m in greedy.models.items()
     ]
     return Section(GREEDY, [
@@ -351,7 +354,8 @@ def lengths_section(result: EvaluationResult, figure: str) -> Section:
         quantiles = {"p10": m.length_tokens.p10, "median": m.length_tokens.median, "p90": m.length_tokens.p90,
                      "max": m.length_tokens.max}
         rows.append({"model": name, "mean": fmt(m.mean_length, 1), **{k: fmt(v, 0) for k, v in quantiles.items()},
-                     "mean chars": fmt(m.mean_length_chars, 0), "corr(RM, length)": fmt(m.rm_length_correlation)})
+                     "mean chars": fmt(m.mean_length_chars, 0), "corr(RM, length)": fmt(m.rm_length_correlation),
+                     "within kind": fmt(m.rm_length_correlation_within_kind)})
     return Section(RESPONSE_LENGTHS, [Table(rows), Figure(figure, "Response length (tokens) per model.")])
 
 

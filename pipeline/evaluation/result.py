@@ -94,6 +94,10 @@ class ModelMetrics:
     checker_accuracy_by_task: dict[str, TaskAccuracy] = field(default_factory=dict)
     # Does the reward model tell a right result from a wrong one among this model's answers?
     rm_right_over_wrong: RightOverWrong | None = None
+    # corr(RM score, length) within each kind of prompt (each task type, explanations): does a longer answer
+    # score higher than others to the same kind of prompt? The pooled correlation also holds the difference
+    # between kinds (explanations are longer than task answers and may score higher or lower as a kind).
+    rm_length_correlation_within_kind: float | None = None
 
 
 @dataclass(frozen=True)
