@@ -58,7 +58,7 @@ class SftDataConfig(TrainingDataConfig):
         "default job?)"
     )
     flawed_fraction: float = Field(
-        0.4, ge=0, le=1, description="share of generated demonstrations that fall short, as real demonstrations vary: "
+        0.5, ge=0, le=1, description="share of generated demonstrations that fall short, as real demonstrations vary: "
         "SFT imitates them all, the reward model learns from comparisons which answers are better, and PPO moves the "
         "policy towards those"
     )
@@ -214,7 +214,7 @@ def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts
     return _materialize_data(context, artifacts, records, ("prompt", "completion"), source, config)
 
 
-@dg.asset(group_name="data", code_version="1", kinds={"jsonl"}, deps=["eval_prompts"])
+@dg.asset(group_name="data", code_version="2", kinds={"jsonl"}, deps=["eval_prompts"])
 def preference_data(
     context: dg.AssetExecutionContext, config: PreferenceDataConfig, artifacts: ArtifactStoreResource
 ) -> dg.Output:

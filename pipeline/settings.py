@@ -89,7 +89,7 @@ class PretrainSettings(BaseModel):
     pretrain_learning_rate: float = Field(3e-3, gt=0)
     pretrain_documents: int = Field(2000, gt=0)
     pretrain_tasks_per_document: int = Field(
-        8, ge=0, description="worked tasks (training phrasings) per pretraining document, beside 3 explanations; "
+        16, ge=0, description="worked tasks (training phrasings) per pretraining document, beside 3 explanations; "
         "more make in-prompt copying form sooner (benchmarks/base_task_accuracy.py measures it)",
     )
     seed: int = 0

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
+from assets.data import PreferenceDataConfig
 from pipeline.data import generator as gen
+from quality_gates.dedup import DedupSettings, find_duplicates
 from pipeline.data.tasks import PHRASINGS, TASK_TYPES, check_answer, extract_final_answer, make_task, wrong_answer
 
 
@@ -38,7 +40,9 @@ def test_prompts_are_unique_within_each_set():
 
 def test_preference_pairs_cover_every_failure_mode_and_length_does_not_give_the_label_away():
     pairs = gen.preference_records(400, 0)
-    assert {p["failure_mode"] for p in pairs if p["kind"] == "explanation"} == set(gen.FAILURE_MODES)
+    explanation_modes = [p["failure_mode"] for p in pairs if p["kind"] == "explanation"]
+    assert set(explanation_modes) == set(gen.FAILURE_MODES)
+    assert 0.4 <= explanation_modes.count("other_concept") / len(explanation_modes) <= 0.6  # another concept, explained well
     task_modes = [p["failure_mode"] for p in pairs if p["kind"] == "verifiable"]
     assert set(task_modes) == set(gen.TASK_FAILURE_CYCLE)
     assert 0.4 <= task_modes.count("wrong") / len(task_modes) <= 0.6  # the hard pairs: well-formed, wrong result
@@ -198,3 +202,23 @@ def test_no_task_phrasing_starts_like_a_held_out_explanation_prompt():
     for task_type, phrasings in PHRASINGS.items():
         for phrasing in phrasings:
             assert " ".join(phrasing.split()[:2]).lower() not in openings, (task_type, phrasing)
+
+
+def test_rambling_rejected_answers_vary_in_length_and_mostly_stop_mid_sentence():
+    # The base model's kind of answer: pretraining-like text of any length, usually cut off.
+    rambles = [p["rejected"] for p in gen.preference_records(2000, 0) if p["failure_mode"] == "ramble"]
+    assert len(rambles) >= 100
+    lengths = [len(r.split()) for r in rambles]
+    assert min(lengths) <= 10 and max(lengths) >= 70
+    cut_off = sum(not r.endswith((".", "?")) for r in rambles) / len(rambles)
+    assert 0.5 < cut_off < 1, cut_off
+
+
+@pytest.mark.parametrize("seed", [0, 3])  # seed 3 had one near-duplicate before each concept's other concepts differed
+def test_default_preference_pairs_have_no_near_duplicates_whatever_the_seed(seed):
+    # Half the explanation pairs reject a good explanation of another concept; the same other concept twice
+    # for one concept would make two pairs that differ only in the prompt's template, which the gate blocks.
+    config = PreferenceDataConfig()
+    pairs = gen.preference_records(config.n_records, seed, config.explanation_fraction)
+    report = find_duplicates(pairs, ("prompt", "chosen", "rejected"), DedupSettings())
+    assert (report.exact, report.near) == ([], [])

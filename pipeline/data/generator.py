@@ -57,13 +57,26 @@ EVAL_TEMPLATES = (
 # (`other_concept`), a worked task (`answers_task`), or, for a task, an explanation (`explains`) or
 # another task's worked answer (`other_task`). SFT models confuse prompts that way, and a reward
 # model that never saw such pairs scores them by their form alone, which PPO then exploits (the spot
-# checks of PPO's answers showed each of them).
-FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad", "other_concept", "answers_task")
+# checks of PPO's answers showed each of them). And `ramble`: 3-80 words of pretraining-like text,
+# usually cut off mid-sentence, which is what a policy that has not learnt the format (the base model)
+# writes. (It does not stop the reward model from scoring such rambles by whether they end: on the
+# previous default's base model, whose greedy answers mostly run to the token limit, corr(RM score,
+# length) was -0.79 without these pairs and -0.84 with them on seed 1.)
+FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad", "other_concept", "answers_task", "ramble")
+# Explanation pairs: half the rejected answers are a good explanation of another concept. It is the
+# explanation the SFT model most often gives instead of the right one (a few tokens in, its sampled
+# answers drift to another concept's definition), and with one pair in nine of that kind the reward
+# model scored a finished explanation of the wrong concept above an unfinished one of the right
+# concept, so PPO drew the policy further off the concept asked (seed 0: concept match 0.84 after SFT,
+# 0.75 after PPO; with half, 0.82).
+EXPLANATION_FAILURE_CYCLE = tuple(
+    mode for other in FAILURE_MODES if other != "other_concept" for mode in ("other_concept", other)
+)
 # Task pairs: half the rejected answers are well-formed but wrong, the answer the SFT model most often
 # gets wrong looks like that, and telling it from a right one takes the most comparisons.
 TASK_FAILURE_CYCLE = (
     "wrong", "vague", "wrong", "explains", "wrong", "padded", "wrong", "repetitive", "wrong", "other_task",
-    "wrong", "off_topic", "wrong", "salad", "wrong", "explains", "wrong", "other_task",
+    "wrong", "off_topic", "wrong", "salad", "wrong", "explains", "wrong", "other_task", "wrong", "ramble",
 )
 # The ways a flawed demonstration can fall short: real demonstrations vary in quality and SFT imitates
 # them all; the preference pairs' rejected answers fail in the same ways (and more), so the reward
@@ -133,6 +146,8 @@ def rejected_explanation(concept: Concept, mode: str, rng: random.Random) -> str
         return good_explanation(_other_concept(concept, rng))
     if mode == "answers_task":
         return _worked_task(rng)
+    if mode == "ramble":
+        return _ramble(rng)
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
 
 
@@ -146,6 +161,23 @@ def _salad(concept: Concept, rng: random.Random) -> str:
     """Fluent fragments of several concepts stitched together, the shape a policy finds when it games the RM."""
     other, third = _other_concept(concept, rng), _other_concept(concept, rng)
     return f"{_capitalise(concept.name)} is {other.definition}. {third.why}. The answer is {third.definition}."
+
+
+def _ramble(rng: random.Random) -> str:
+    """Pretraining-like text (explanations, worked tasks, off-topic prose) of 3-80 words, usually cut mid-sentence."""
+    n_words = rng.randint(3, 80)
+    words: list[str] = []
+    while len(words) < n_words:
+        source = rng.random()
+        if source < 0.4:
+            sentence = good_explanation(rng.choice(GLOSSARY))
+        elif source < 0.8:
+            task = make_task(rng.choice(TASK_TYPES), rng, rng.choice(TRAIN_PHRASINGS))
+            sentence = f"{task['prompt']} {task['answer']}"
+        else:
+            sentence = rng.choice(OFF_TOPIC_ANSWERS)
+        words.extend(sentence.split())
+    return " ".join(words[:n_words])
 
 
 def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) -> str:
@@ -168,6 +200,8 @@ def rejected_task_answer(record: dict[str, Any], mode: str, rng: random.Random) 
         return good_explanation(rng.choice(GLOSSARY))
     if mode == "other_task":
         return _worked_task(rng, other_than=task["type"])
+    if mode == "ramble":
+        return _ramble(rng)
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {set(TASK_FAILURE_CYCLE)}")
 
 
@@ -255,15 +289,24 @@ def sft_records(
 def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> list[dict[str, Any]]:
     """(prompt, chosen, rejected) pairs; failure modes cycle within each kind of prompt.
 
-    Explanation pairs cycle through FAILURE_MODES, so each appears about equally often; task pairs
-    through TASK_FAILURE_CYCLE, where half the rejected answers are well-formed but wrong.
+    Explanation pairs cycle through EXPLANATION_FAILURE_CYCLE, where half the rejected answers explain another
+    concept well; task pairs through TASK_FAILURE_CYCLE, where half are well-formed but wrong.
     """
     rng = random.Random(f"preference-failures:{seed}")
     pairs = []
-    modes = {"explanation": itertools.cycle(FAILURE_MODES), "verifiable": itertools.cycle(TASK_FAILURE_CYCLE)}
+    modes = {"explanation": itertools.cycle(EXPLANATION_FAILURE_CYCLE), "verifiable": itertools.cycle(TASK_FAILURE_CYCLE)}
+    shown_instead: dict[str, set[str]] = {}  # concept -> the other concepts explained in its place so far
     for r in _records(n, seed, "preference", explanation_fraction, train=True):
         mode = next(modes[r["kind"]])
-        rejected = flawed_answer(r, mode, rng)
+        if mode == "other_concept":
+            # Never the same other concept twice for one concept: the two pairs would differ only in the
+            # template of the prompt, near-duplicates that the dedup gate rightly blocks.
+            shown = shown_instead.setdefault(r["concept"], {r["concept"]})
+            other = rng.choice([c for c in GLOSSARY if c.name not in shown])
+            shown.add(other.name)
+            rejected = good_explanation(other)
+        else:
+            rejected = flawed_answer(r, mode, rng)
         pairs.append({
             "prompt": r["prompt"], "chosen": r["answer"], "rejected": rejected,
             "failure_mode": mode, "kind": r["kind"],
@@ -285,7 +328,7 @@ def prompt_records(n: int, seed: int, split: str, explanation_fraction: float = 
     ]
 
 
-def pretraining_text(n_documents: int, seed: int, tasks_per_document: int = 8) -> list[str]:
+def pretraining_text(n_documents: int, seed: int, tasks_per_document: int = 16) -> list[str]:
     """Plain prose (no chat format): the base model learns to continue text, not to follow instructions.
 
     Besides explanations, each document holds worked tasks written as a question and its answer in
