@@ -144,6 +144,21 @@ def evaluate_reward_model(model, tokenizer, pairs: Sequence[dict[str, Any]], set
     }
 
 
+def reward_model_from_sft(sft_dir: Path, seed: int):
+    """The SFT model with a new scalar score head, initialised from `seed`.
+
+    The head is the only new weight; unseeded, it took the process's random state, so the same SFT
+    checkpoint, pairs and settings trained a different reward model in each run (seed 0 of the default:
+    held-out accuracy 0.803 in one run and 0.787 in another, PPO's gain +0.156 and +0.137).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, use_safetensors=True)
+
+
 def train_reward_model(
     sft_dir: Path, pairs: Sequence[dict[str, Any]], output_dir: Path, settings: RewardSettings,
     checkpoints: TrainingScratch | None = None, callbacks: Sequence[Any] = (),
@@ -154,11 +169,11 @@ def train_reward_model(
     saves there every `checkpoint_every_steps` steps and resumes from `checkpoints.resume_from`.
     Under `accelerate launch` every rank trains and only the main one evaluates (others return {}).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1, use_safetensors=True)
+    model = reward_model_from_sft(sft_dir, settings.seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     settings = fit_to_context_window(settings, model.config)
     train, held_out = split_held_out(pairs, settings.held_out_fraction, settings.seed)
