@@ -68,7 +68,7 @@ FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad",
 # answers drift to another concept's definition), and with one pair in nine of that kind the reward
 # model scored a finished explanation of the wrong concept above an unfinished one of the right
 # concept, so PPO drew the policy further off the concept asked (seed 0: concept match 0.84 after SFT,
-# 0.75 after PPO; with half, 0.82).
+# 0.75 after PPO; with half, 0.81).
 EXPLANATION_FAILURE_CYCLE = tuple(
     mode for other in FAILURE_MODES if other != "other_concept" for mode in ("other_concept", other)
 )

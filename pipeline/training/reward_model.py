@@ -147,9 +147,10 @@ def evaluate_reward_model(model, tokenizer, pairs: Sequence[dict[str, Any]], set
 def reward_model_from_sft(sft_dir: Path, seed: int):
     """The SFT model with a new scalar score head, initialised from `seed`.
 
-    The head is the only new weight; unseeded, it took the process's random state, so the same SFT
-    checkpoint, pairs and settings trained a different reward model in each run (seed 0 of the default:
-    held-out accuracy 0.803 in one run and 0.787 in another, PPO's gain +0.156 and +0.137).
+    The head is the only new weight; unseeded, it took whatever random state the process was in, so the
+    same SFT checkpoint, pairs and settings trained another reward model when the stage ran after other
+    stages than before (seed 0 of the default, a whole job against `preference_data*` re-run alone:
+    held-out accuracy 0.787 and 0.803, PPO's gain +0.137 and +0.156).
     """
     import torch
     from transformers import AutoModelForSequenceClassification
