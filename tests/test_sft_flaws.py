@@ -5,6 +5,7 @@ import shutil
 
 import yaml
 
+from assets.data import SftDataConfig
 from benchmark_scripts import load_benchmark
 from ppo_models import tiny_sft_and_reward_model
 
@@ -29,7 +30,8 @@ def test_a_small_call_trains_sft_on_the_asked_flaws_and_probes_it(tmp_path):
     result = json.loads(out.read_text())
     assert result["seed"] == 3 and result["flaws"]["verifiable"] == ["wrong", "vague"]
     assert result["epochs"] == 2 and result["sft_steps"] == 2 * 3  # 36 training demonstrations, batches of 16
-    assert set(result["demonstrations"]) <= {"good", "wrong", "vague", "repetitive"} and result["demonstrations"]["good"] == 24
+    n_good = round(40 * (1 - SftDataConfig().flawed_fraction))  # the default share of flawed demonstrations
+    assert set(result["demonstrations"]) <= {"good", "wrong", "vague", "repetitive"} and result["demonstrations"]["good"] == n_good
     for share in ("accuracy", "no_result", "right_when_answered", "greedy_accuracy", "concept_match"):
         assert 0.0 <= result[share] <= 1.0
     assert result["accuracy"] + result["no_result"] <= 1.0
