@@ -214,7 +214,7 @@ def sft_data(context: dg.AssetExecutionContext, config: SftDataConfig, artifacts
     return _materialize_data(context, artifacts, records, ("prompt", "completion"), source, config)
 
 
-@dg.asset(group_name="data", code_version="2", kinds={"jsonl"}, deps=["eval_prompts"])
+@dg.asset(group_name="data", code_version="3", kinds={"jsonl"}, deps=["eval_prompts"])
 def preference_data(
     context: dg.AssetExecutionContext, config: PreferenceDataConfig, artifacts: ArtifactStoreResource
 ) -> dg.Output:

@@ -173,7 +173,10 @@ class RewardSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     learning_rate: float = Field(5e-4, gt=0)
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(
+        8.0, gt=0, description="8 on the default: with 2 its held-out accuracy on pairs that differ only in the concept "
+        "explained was at chance (0.33-0.57 over 5 seeds); with 8, 0.85 on seed 1, and no pair kind worse"
+    )
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(256, gt=0, description="pairs longer than this are dropped by TRL (counted here)")
     held_out_fraction: float = Field(0.15, gt=0, lt=1)
@@ -182,8 +185,8 @@ class RewardSettings(BaseModel):
     calibration_bins: int = Field(5, gt=0)
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING_HELP)
     checkpoint_every_steps: int = Field(
-        20, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir); "
-        "20 of the default's 214 steps, so a run killed halfway keeps 100 of them"
+        50, gt=0, description="save a resumable checkpoint every N optimizer steps (when the asset gives a scratch dir); "
+        "50 of the default's 856 steps, so a run killed halfway keeps 400 of them"
     )
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")

@@ -167,7 +167,7 @@ def test_default_checkpoint_cadences_keep_at_least_40_percent_of_a_run_killed_ha
                          rm.checkpoint_every_steps),
         "ppo_policy": (ppo.total_episodes // ppo.batch_size, ppo.checkpoint_every),
     }
-    assert steps["sft_checkpoint"][0] == 791 and steps["reward_model"][0] == 214 and steps["ppo_policy"][0] == 16
+    assert steps["sft_checkpoint"][0] == 791 and steps["reward_model"][0] == 856 and steps["ppo_policy"][0] == 16
     for stage, (n_steps, every) in steps.items():
         assert steps_kept_by_a_kill_halfway(n_steps, every) >= 0.4 * n_steps, stage
 

@@ -62,15 +62,23 @@ EVAL_TEMPLATES = (
 # writes. (It does not stop the reward model from scoring such rambles by whether they end: on the
 # previous default's base model, whose greedy answers mostly run to the token limit, corr(RM score,
 # length) was -0.79 without these pairs and -0.84 with them on seed 1.)
-FAILURE_MODES = ("vague", "wrong", "padded", "repetitive", "off_topic", "salad", "other_concept", "answers_task", "ramble")
+# And `changes_concept`: the right concept's definition, then another concept's reason and example, which
+# is how most of the SFT model's sampled explanations that leave the concept asked do it (seed 0 after a
+# reward model of 8 epochs: 29 of PPO's 56 such answers began with the concept asked).
+FAILURE_MODES = (
+    "vague", "wrong", "padded", "repetitive", "off_topic", "salad", "other_concept", "answers_task", "ramble",
+    "changes_concept",
+)
 # Explanation pairs: half the rejected answers are a good explanation of another concept. It is the
 # explanation the SFT model most often gives instead of the right one (a few tokens in, its sampled
 # answers drift to another concept's definition), and with one pair in nine of that kind the reward
 # model scored a finished explanation of the wrong concept above an unfinished one of the right
 # concept, so PPO drew the policy further off the concept asked (seed 0: concept match 0.84 after SFT,
 # 0.75 after PPO; with half, 0.81).
+# A quarter change concept halfway, the other quarter cycles through the other modes.
 EXPLANATION_FAILURE_CYCLE = tuple(
-    mode for other in FAILURE_MODES if other != "other_concept" for mode in ("other_concept", other)
+    mode for other in FAILURE_MODES if other not in ("other_concept", "changes_concept")
+    for mode in ("other_concept", "changes_concept", "other_concept", other)
 )
 # Task pairs: half the rejected answers are well-formed but wrong, the answer the SFT model most often
 # gets wrong looks like that, and telling it from a right one takes the most comparisons.
@@ -148,7 +156,14 @@ def rejected_explanation(concept: Concept, mode: str, rng: random.Random) -> str
         return _worked_task(rng)
     if mode == "ramble":
         return _ramble(rng)
+    if mode == "changes_concept":
+        return changed_concept(concept, _other_concept(concept, rng))
     raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+
+
+def changed_concept(concept: Concept, other: Concept) -> str:
+    """The concept's definition, then `other`'s reason and example: an answer that changes concept halfway."""
+    return f"{_capitalise(concept.name)} is {concept.definition}. {other.why}. For example, {other.example}."
 
 
 def _worked_task(rng: random.Random, other_than: str | None = None) -> str:
@@ -290,21 +305,21 @@ def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> 
     """(prompt, chosen, rejected) pairs; failure modes cycle within each kind of prompt.
 
     Explanation pairs cycle through EXPLANATION_FAILURE_CYCLE, where half the rejected answers explain another
-    concept well; task pairs through TASK_FAILURE_CYCLE, where half are well-formed but wrong.
+    concept well and a quarter change to another concept halfway; task pairs through TASK_FAILURE_CYCLE, where half are well-formed but wrong.
     """
     rng = random.Random(f"preference-failures:{seed}")
     pairs = []
     modes = {"explanation": itertools.cycle(EXPLANATION_FAILURE_CYCLE), "verifiable": itertools.cycle(TASK_FAILURE_CYCLE)}
-    shown_instead: dict[str, set[str]] = {}  # concept -> the other concepts explained in its place so far
+    shown_instead: dict[tuple[str, str], set[str]] = {}  # (concept, mode) -> the other concepts shown so far
     for r in _records(n, seed, "preference", explanation_fraction, train=True):
         mode = next(modes[r["kind"]])
-        if mode == "other_concept":
-            # Never the same other concept twice for one concept: the two pairs would differ only in the
-            # template of the prompt, near-duplicates that the dedup gate rightly blocks.
-            shown = shown_instead.setdefault(r["concept"], {r["concept"]})
+        if mode in ("other_concept", "changes_concept"):
+            # Never the same other concept twice for one concept and mode: the two pairs would differ only
+            # in the template of the prompt, near-duplicates that the dedup gate rightly blocks.
+            shown = shown_instead.setdefault((r["concept"], mode), {r["concept"]})
             other = rng.choice([c for c in GLOSSARY if c.name not in shown])
             shown.add(other.name)
-            rejected = good_explanation(other)
+            rejected = good_explanation(other) if mode == "other_concept" else changed_concept(_concept(r["concept"]), other)
         else:
             rejected = flawed_answer(r, mode, rng)
         pairs.append({
