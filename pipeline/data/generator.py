@@ -305,7 +305,8 @@ def preference_records(n: int, seed: int, explanation_fraction: float = 0.5) -> 
     """(prompt, chosen, rejected) pairs; failure modes cycle within each kind of prompt.
 
     Explanation pairs cycle through EXPLANATION_FAILURE_CYCLE, where half the rejected answers explain another
-    concept well and a quarter change to another concept halfway; task pairs through TASK_FAILURE_CYCLE, where half are well-formed but wrong.
+    concept well and a quarter change to another concept halfway; task pairs through TASK_FAILURE_CYCLE, where
+    half are well-formed but wrong.
     """
     rng = random.Random(f"preference-failures:{seed}")
     pairs = []
